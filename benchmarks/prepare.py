@@ -1,0 +1,187 @@
+"""Benchmark the prepare path against the naive Pillow script, all measured in this run.
+
+(a) naive: Pillow full decode, LANCZOS shorter side -> 256, centre crop, Pillow encode q90
+(b) convplat's per-image path (decode with DCT reduction, crop, antialiased resize, encode,
+    statistics), one process
+(c) `convplat prepare` end to end through Ray with 1 and with 2 CPUs
+
+Usage: python benchmarks/prepare.py [--images 540] [--large-fraction 0.17] [--repeat 2]
+Images are generated (photo-like 1/f noise, ~500x375 and ~1000x750, q90) under
+benchmarks/_work/ and reused; no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import simplejpeg  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+WORK = Path(__file__).resolve().parent / "_work" / "prepare"
+
+
+def natural_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A photo-like image: 1/f-ish noise from several octaves of upsampled Gaussian noise."""
+    image = np.zeros((height, width, 3), np.float32)
+    for octave in range(2, 8):
+        cells = 2**octave
+        small = rng.normal(0, 1, (max(2, height * cells // width), cells, 3)).astype(np.float32)
+        layer = Image.fromarray(small[..., 0]).resize((width, height), Image.BICUBIC)
+        tint = rng.uniform(0.6, 1.4, 3).astype(np.float32)
+        image += np.asarray(layer, np.float32)[..., None] * tint * (70.0 / (octave * 1.3))
+    image += rng.uniform(60, 190, 3).astype(np.float32)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+def make_images(count: int, large_fraction: float) -> Path:
+    """ImageFolder tree of ``count`` q90 JPEGs: most ~500x375, a fraction ~1000x750."""
+    root = WORK / f"raw-{count}-{large_fraction}"
+    if (root / "done").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        large = i < int(count * large_fraction)
+        w, h = (1000, 750) if large else (500, 375)
+        if rng.random() < 0.3:
+            w, h = h, w
+        wnid = f"n{1000000 + i % 10:08d}"
+        path = root / "train" / wnid / f"{wnid}_{i}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        natural_image(rng, w, h).save(path, "JPEG", quality=90)
+    (root / "done").write_text("ok")
+    return root
+
+
+def naive(data: bytes) -> bytes:
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = image.size
+    scale = 256 / min(w, h)
+    image = image.resize((round(w * scale), round(h * scale)), Image.LANCZOS)
+    w, h = image.size
+    left, top = (w - 256) // 2, (h - 256) // 2
+    out = io.BytesIO()
+    image.crop((left, top, left + 256, top + 256)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def convplat_path(data: bytes, stats) -> bytes:
+    from convplat.pipeline.image import process_image
+
+    sample = process_image(data, 256, 90)
+    stats.add(sample.pixels)
+    return sample.jpeg
+
+
+def timed(fn, blobs, repeat: int) -> tuple[float, list[bytes]]:
+    outputs = [fn(b) for b in blobs[:5]]  # warm up
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        outputs = [fn(b) for b in blobs]
+        best = min(best, time.perf_counter() - start)
+    return len(blobs) / best, outputs
+
+
+def psnr(a: bytes, b: bytes) -> float:
+    x = simplejpeg.decode_jpeg(a).astype(np.float64)
+    y = simplejpeg.decode_jpeg(b).astype(np.float64)
+    return 10 * np.log10(255**2 / max(np.mean((x - y) ** 2), 1e-12))
+
+
+def prepare_rate(root: Path, cpus: int, shard_size: int) -> tuple[float, float]:
+    import ray
+
+    from convplat.cluster import ensure_ray
+    from convplat.config import PrepareConfig
+    from convplat.pipeline import prepare
+
+    started = time.perf_counter()
+    ensure_ray(num_cpus=cpus)
+    ray_start = time.perf_counter() - started
+    out = WORK / f"shards-{cpus}"
+    shutil.rmtree(out, ignore_errors=True)
+    config = PrepareConfig(source=str(root), out=str(out), shard_size=shard_size, progress=False)
+    prepare(config)  # warm: workers started, imports done
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    manifest = prepare(config)
+    seconds = time.perf_counter() - start
+    ray.shutdown()
+    return manifest["summary"]["images"] / seconds, ray_start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=540)
+    parser.add_argument("--large-fraction", type=float, default=0.17)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--shard-size", type=int, default=45)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from convplat.pipeline.stats import StatsAccumulator
+
+    root = make_images(args.images, args.large_fraction)
+    blobs = [p.read_bytes() for p in sorted(root.glob("train/*/*.JPEG"))]
+    sizes = [Image.open(io.BytesIO(b)).size for b in blobs]
+    print(
+        f"{len(blobs)} JPEGs, {sum(min(s) > 500 for s in sizes)} of them ~1000x750, "
+        f"mean {np.mean([len(b) for b in blobs]) / 1024:.0f} KiB",
+        flush=True,
+    )
+
+    rate_a, out_a = timed(naive, blobs, args.repeat)
+    stats = StatsAccumulator(256)
+    rate_b, out_b = timed(lambda b: convplat_path(b, stats), blobs, args.repeat)
+    quality = float(np.mean([psnr(x, y) for x, y in zip(out_a, out_b, strict=True)]))
+    rate_c1, ray1 = prepare_rate(root, 1, args.shard_size)
+    rate_c2, ray2 = prepare_rate(root, 2, args.shard_size)
+
+    rows = [
+        ("(a) naive Pillow, 1 process", rate_a, 1.0, ""),
+        (
+            "(b) convplat per-image path, 1 process",
+            rate_b,
+            rate_b / rate_a,
+            f"PSNR vs (a) {quality:.1f} dB",
+        ),
+        (
+            "(c) convplat prepare, Ray 1 CPU",
+            rate_c1,
+            rate_c1 / rate_a,
+            f"{rate_c1 / rate_b:.2f}x (b) per CPU",
+        ),
+        (
+            "(c) convplat prepare, Ray 2 CPUs",
+            rate_c2,
+            rate_c2 / rate_a,
+            f"{rate_c2 / rate_c1:.2f}x (c, 1 CPU); {rate_c2 / 2 / rate_b:.2f}x (b) per CPU",
+        ),
+    ]
+    print("\n| path | images/s | vs (a) | notes |\n|---|---:|---:|---|")
+    for name, rate, ratio, note in rows:
+        print(f"| {name} | {rate:,.0f} | {ratio:.2f}x | {note} |")
+    print(f"\nRay start: {ray1:.1f} s (1 CPU), {ray2:.1f} s (2 CPUs), not included above.")
+    targets = {
+        "(b)/(a) >= 2.5": rate_b / rate_a >= 2.5,
+        "PSNR >= 35 dB": quality >= 35,
+        "(c,2)/(c,1) >= 1.7": rate_c2 / rate_c1 >= 1.7,
+        "(c) per CPU >= 0.8x (b)": rate_c2 / 2 / rate_b >= 0.8,
+    }
+    print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

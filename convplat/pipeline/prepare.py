@@ -1,0 +1,201 @@
+"""`convplat prepare`: list a raw dataset, fan shard tasks out over Ray, write the manifest.
+
+The only module that touches Ray for preprocessing: `write_shard` (pure) runs as one task per
+shard; the driver keeps complete shards of an earlier run, reduces the statistics partial sums,
+and writes manifest.json, index.parquet, stats.npz and rejected.jsonl atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import convplat
+from convplat.cluster import ensure_ray
+from convplat.config import PrepareConfig
+from convplat.errors import DatasetError
+from convplat.pipeline.readers import DatasetListing, read_dataset
+from convplat.pipeline.shards import (
+    ShardInfo,
+    ShardOptions,
+    ShardSpec,
+    load_complete_shard,
+    load_partial_stats,
+    plan_shards,
+    write_shard,
+)
+from convplat.pipeline.stats import finalize, merge_partials
+from convplat.progress import progress_bar
+from convplat.storage import resolve
+
+FORMAT_VERSION = 1
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("split", pa.string()),
+        ("shard", pa.string()),
+        ("label", pa.int32()),
+        ("wnid", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("boxes", pa.list_(pa.list_(pa.float32(), 4))),
+        ("source", pa.string()),
+    ]
+)
+
+
+def prepare(config: PrepareConfig) -> dict:
+    """Turn a raw dataset tree into WebDataset shards plus manifest, index and statistics.
+
+    Returns the manifest (also written to ``<out>/manifest.json``), with a ``summary`` entry
+    (counts, kept shards, seconds, images/s) that is printed but not saved.
+    """
+    started = time.perf_counter()
+    listing = read_dataset(config.source, config.layout)
+    if not any(item.split == "train" for item in listing.items):
+        raise DatasetError(
+            f"no training images found under {config.source}: statistics need a train split"
+        )
+    options = ShardOptions(
+        size=config.size,
+        quality=config.quality,
+        crop=config.crop,
+        source_root=listing.root,
+        wnids=tuple(c.wnid for c in listing.classes),
+    )
+    specs = plan_shards(listing.items, config.shard_size, config.seed)
+    location = resolve(config.out)
+    location.fs.create_dir(location.path, recursive=True)
+    location.remove_temporaries()
+
+    infos: dict[str, ShardInfo] = {}
+    todo: list[ShardSpec] = []
+    for spec in specs:
+        info = load_complete_shard(spec, location, options)
+        if info is None:
+            todo.append(spec)
+        else:
+            infos[spec.name] = info
+    kept = len(infos)
+    partials = [
+        load_partial_stats(name, location) for name, info in infos.items() if info.split == "train"
+    ]
+    if todo:
+        _run_tasks(todo, config, options, infos, partials, total=len(specs), done=kept)
+
+    train_infos = [i for i in infos.values() if i.split == "train"]
+    if sum(i.count for i in train_infos) == 0:
+        raise DatasetError(
+            f"none of the training images under {config.source} could be "
+            "decoded; see rejected.jsonl"
+        )
+    statistics = finalize(merge_partials(config.size, partials))
+    _write_outputs(location, listing, specs, infos, statistics)
+    manifest = _manifest(config, listing, specs, infos, statistics)
+    location.write_bytes("manifest.json", json.dumps(manifest, indent=2).encode())
+    seconds = time.perf_counter() - started
+    written = sum(infos[s.name].count for s in todo)
+    manifest["summary"] = {
+        "shards": len(specs),
+        "kept": kept,
+        "written": len(todo),
+        "images": sum(i.count for i in infos.values()),
+        "rejected": sum(len(i.rejected) for i in infos.values()) + len(listing.skipped),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(written / seconds, 1),
+    }
+    return manifest
+
+
+def _run_tasks(
+    todo: list[ShardSpec],
+    config: PrepareConfig,
+    options: ShardOptions,
+    infos: dict[str, ShardInfo],
+    partials: list,
+    total: int,
+    done: int,
+) -> None:
+    """One Ray task per shard; partial statistics are reduced as tasks finish."""
+    import ray
+
+    ensure_ray(config.address, num_cpus=config.num_cpus)
+    task = ray.remote(write_shard).options(num_cpus=1, max_retries=2)
+    pending = {task.remote(spec, config.out, options): spec for spec in todo}
+    images = sum(len(spec.items) for spec in todo)
+    started = time.perf_counter()
+    processed = 0
+    with progress_bar(enabled=config.progress) as bar:
+        shard_task = bar.add_task("shards", total=total, completed=done, rate="")
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                spec = pending.pop(ref)
+                info, stats = ray.get(ref)
+                infos[spec.name] = info
+                if info.split == "train":
+                    partials.append(stats)
+                processed += len(spec.items)
+                rate = processed / max(time.perf_counter() - started, 1e-9)
+                bar.update(
+                    shard_task, advance=1, rate=f"{rate:,.0f} images/s ({processed}/{images})"
+                )
+
+
+def _write_outputs(location, listing: DatasetListing, specs, infos, statistics) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: v for k, v in statistics.items()})
+    location.write_bytes("stats.npz", buffer.getvalue())
+
+    rows = [row for spec in specs for row in infos[spec.name].rows]
+    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    location.write_bytes("index.parquet", sink.getvalue().to_pybytes())
+
+    rejected = [{"path": path, "reason": reason} for path, reason in listing.skipped]
+    rejected += [r for spec in specs for r in infos[spec.name].rejected]
+    rejected.sort(key=lambda r: r["path"])
+    location.write_bytes("rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected).encode())
+
+
+def _manifest(config: PrepareConfig, listing: DatasetListing, specs, infos, statistics) -> dict:
+    splits: dict[str, dict] = {}
+    for spec in specs:
+        info = infos[spec.name]
+        split = splits.setdefault(spec.split, {"shards": [], "count": 0})
+        split["shards"].append(
+            {"name": info.name, "count": info.count, "bytes": info.bytes, "sha256": info.sha256}
+        )
+        split["count"] += info.count
+    return {
+        "format_version": FORMAT_VERSION,
+        "tool": "convplat",
+        "tool_version": convplat.__version__,
+        "source": listing.root,
+        "layout": listing.layout,
+        "size": config.size,
+        "crop": config.crop,
+        "quality": config.quality,
+        "seed": config.seed,
+        "shard_size": config.shard_size,
+        "classes": [asdict(c) for c in listing.classes],
+        "splits": splits,
+        "statistics": {
+            "file": "stats.npz",
+            "count": int(statistics["count"]),
+            "rgb_mean": [round(float(v), 4) for v in statistics["rgb_mean"]],
+            "eigval": [round(float(v), 4) for v in statistics["eigval"]],
+            "eigvec": [[round(float(v), 6) for v in row] for row in statistics["eigvec"]],
+        },
+        "rejected": {
+            "file": "rejected.jsonl",
+            "count": sum(len(i.rejected) for i in infos.values()) + len(listing.skipped),
+        },
+    }

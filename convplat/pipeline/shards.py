@@ -1,0 +1,216 @@
+"""WebDataset shards: the seeded plan of which sample goes where, and writing one shard.
+
+`write_shard` is the unit of work a Ray task runs; it never imports Ray. Each shard is
+committed in three atomic steps: the tar, then `_parts/<shard>.npz` (statistics partial sums),
+then `_parts/<shard>.json` (count, sha256, index rows, rejects). The json is the commit marker
+that lets a re-run keep complete shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import webdataset as wds
+
+from convplat.errors import ImageDecodeError
+from convplat.pipeline.image import process_image, transform_boxes_with_index
+from convplat.pipeline.readers import Item
+from convplat.pipeline.stats import StatsAccumulator
+from convplat.storage import Location, resolve
+
+PARTS_DIR = "_parts"
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One planned shard: its split, number and the items that go in it, in order."""
+
+    split: str
+    index: int
+    items: tuple[Item, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}.tar"
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Settings every shard task needs; part of each shard's plan digest."""
+
+    size: int = 256
+    quality: int = 90
+    crop: bool = True
+    source_root: str = ""
+    wnids: tuple[str, ...] = ()
+
+
+@dataclass
+class ShardInfo:
+    """What a finished shard holds; saved beside it so a re-run can keep it."""
+
+    name: str
+    split: str
+    count: int
+    bytes: int
+    sha256: str
+    digest: str
+    rows: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+
+def plan_shards(items: list[Item], shard_size: int, seed: int) -> list[ShardSpec]:
+    """Spread each split's items over shards in a seeded random order, so shards mix classes."""
+    specs: list[ShardSpec] = []
+    for split in sorted({item.split for item in items}):
+        split_items = [item for item in items if item.split == split]
+        order = np.random.default_rng([seed, _split_salt(split)]).permutation(len(split_items))
+        shuffled = [split_items[i] for i in order]
+        for index, start in enumerate(range(0, len(shuffled), shard_size)):
+            specs.append(ShardSpec(split, index, tuple(shuffled[start : start + shard_size])))
+    return specs
+
+
+def _split_salt(split: str) -> int:
+    return int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "little")
+
+
+def plan_digest(spec: ShardSpec, options: ShardOptions) -> str:
+    """A fingerprint of what the shard should contain; a kept shard must match it."""
+    payload = json.dumps(
+        {
+            "name": spec.name,
+            "options": asdict(options),
+            "items": [asdict(item) for item in spec.items],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def write_shard(
+    spec: ShardSpec, out: str, options: ShardOptions
+) -> tuple[ShardInfo, dict[str, np.ndarray]]:
+    """Prepare every item of ``spec`` and write the shard tar and its sidecars atomically.
+
+    Damaged files are recorded in ``rejected`` and skipped; they never fail the task.
+    Returns the shard's info and its statistics partial sums (train shards only, else empty).
+    """
+    location = resolve(out)
+    digest = plan_digest(spec, options)
+    stats = StatsAccumulator(options.size) if spec.split == "train" else None
+    buffer = io.BytesIO()
+    rows: list[dict] = []
+    rejected: list[dict] = []
+    with wds.TarWriter(buffer, user="convplat", group="convplat", mtime=0, encoder=False) as sink:
+        for item in spec.items:
+            relpath = _relative(item.path, options.source_root)
+            try:
+                with open(item.path, "rb") as handle:
+                    data = handle.read()
+                sample = process_image(data, options.size, options.quality, options.crop)
+            except ImageDecodeError as exc:
+                rejected.append({"path": relpath, "reason": exc.reason})
+                continue
+            except OSError as exc:
+                rejected.append({"path": relpath, "reason": f"unreadable: {exc.strerror or exc}"})
+                continue
+            geom = sample.geometry
+            kept = transform_boxes_with_index(item.boxes, geom)
+            meta = {
+                "key": item.key,
+                "label": item.label,
+                "wnid": options.wnids[item.label] if options.wnids else "",
+                "width": geom.src_w,
+                "height": geom.src_h,
+                "boxes": [box for _, box in kept],
+                "box_labels": [item.box_labels[i] for i, _ in kept] if item.box_labels else [],
+                "source": relpath,
+            }
+            sink.write(
+                {
+                    "__key__": item.key,
+                    "jpg": sample.jpeg,
+                    "cls": str(item.label).encode(),
+                    "json": json.dumps(meta, sort_keys=True).encode(),
+                }
+            )
+            rows.append(
+                {
+                    "key": item.key,
+                    "split": spec.split,
+                    "shard": spec.name,
+                    "label": item.label,
+                    "wnid": meta["wnid"],
+                    "width": geom.src_w,
+                    "height": geom.src_h,
+                    "boxes": meta["boxes"],
+                    "source": relpath,
+                }
+            )
+            if stats is not None:
+                stats.add(sample.pixels)
+    payload = buffer.getvalue()
+    info = ShardInfo(
+        spec.name,
+        spec.split,
+        len(rows),
+        len(payload),
+        hashlib.sha256(payload).hexdigest(),
+        digest,
+        rows,
+        rejected,
+    )
+    location.write_bytes(spec.name, payload)
+    partial = stats.to_arrays() if stats is not None else {}
+    part = io.BytesIO()
+    np.savez(part, **partial)
+    location.write_bytes(f"{PARTS_DIR}/{spec.name}.npz", part.getvalue())
+    location.write_bytes(
+        f"{PARTS_DIR}/{spec.name}.json", json.dumps(asdict(info), sort_keys=True).encode()
+    )
+    return info, partial
+
+
+def load_complete_shard(
+    spec: ShardSpec, out: str | Location, options: ShardOptions
+) -> ShardInfo | None:
+    """The saved info of a shard that is complete and matches the plan, else None."""
+    location = out if isinstance(out, Location) else resolve(out)
+    marker = f"{PARTS_DIR}/{spec.name}.json"
+    if not (
+        location.exists(marker)
+        and location.exists(spec.name)
+        and location.exists(f"{PARTS_DIR}/{spec.name}.npz")
+    ):
+        return None
+    try:
+        info = ShardInfo(**json.loads(location.read_bytes(marker)))
+    except (ValueError, TypeError):
+        return None
+    if info.digest != plan_digest(spec, options) or location.size(spec.name) != info.bytes:
+        return None
+    if hashlib.sha256(location.read_bytes(spec.name)).hexdigest() != info.sha256:
+        return None
+    return info
+
+
+def load_partial_stats(name: str, out: str | Location) -> dict[str, np.ndarray]:
+    """The statistics partial sums saved beside shard ``name``."""
+    location = out if isinstance(out, Location) else resolve(out)
+    with np.load(io.BytesIO(location.read_bytes(f"{PARTS_DIR}/{name}.npz"))) as arrays:
+        return {key: arrays[key] for key in arrays.files}
+
+
+def _relative(path: str, root: str) -> str:
+    if not root:
+        return path
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:
+        return path

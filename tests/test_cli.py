@@ -1,0 +1,70 @@
+"""The command line: --help and --version work; user mistakes give one line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from convplat.cli.main import app, main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "convplat.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_version():
+    import convplat
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"convplat {convplat.__version__}"
+
+
+def test_every_command_has_help(capsys):
+    import typer
+
+    names = [c.name for c in typer.main.get_command(app).commands.values()]
+    assert {"demo-data", "prepare", "models"} <= set(names)
+    for name in names:
+        assert main([name, "--help"]) == 0
+        assert "Usage" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("prepare", "does/not/exist"),
+        ("prepare", "--layout", "nonsense"),
+        ("prepare", "--size", "0"),
+        ("prepare", "--no-such-option"),
+        ("demo-data", "--classes", "1"),
+        ("demo-data", "--layout", "zip"),
+        ("no-such-command",),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(args, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "convplat.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convplat: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_empty_dataset_is_a_user_error(tmp_path):
+    (tmp_path / "empty" / "train" / "n01440764").mkdir(parents=True)
+    result = run_cli("prepare", str(tmp_path / "empty"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
