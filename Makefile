@@ -16,7 +16,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/convplat demo-data
-	$(BIN)/convplat prepare
+	$(BIN)/convplat prepare --shard-size 100
 
 test: install
 	$(BIN)/ruff check convplat tests benchmarks

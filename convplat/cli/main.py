@@ -66,9 +66,12 @@ def demo_data(
         objects_per_image=objects_per_image,
         progress=True,
     )
+    imagenet, caltech = summary["imagenet"], summary["caltech101"]
     console.print(
-        f"demo data written to {out}/: "
-        + ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, (int, float, str)))
+        f"{imagenet['path']}: {imagenet['classes']} classes, {imagenet['train']} train + "
+        f"{imagenet['val']} val images ({imagenet['layout']} layout, with boxes); "
+        f"{caltech['path']}: {caltech['classes']} classes, {caltech['images']} images; "
+        f"{summary['seconds']:.1f} s"
     )
 
 
