@@ -17,6 +17,8 @@ install: $(STAMP)
 demo: install
 	$(BIN)/convplat demo-data
 	$(BIN)/convplat prepare --shard-size 100
+	$(BIN)/convplat train alexnet --config demo --workers 2
+	$(BIN)/convplat evaluate --mode ten-crop
 
 test: install
 	$(BIN)/ruff check convplat tests benchmarks

@@ -150,6 +150,125 @@ def models() -> None:
     console.print(table)
 
 
+def _given(**values) -> dict:
+    """Only the options the user actually passed (None means: keep the recipe's value)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@app.command()
+def train(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="alexnet, alexnet_1col, zfnet, overfeat_fast or overfeat_accurate."),
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Prepared shards.")] = None,
+    out: Annotated[str | None, typer.Option(help="Runs directory.")] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", help="TOML file (or packaged recipe name, e.g. demo) over the recipe."
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (recipe: 90; ZFNet 70).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size (128).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (0.01).")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum (0.9).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay (5e-4).")] = None,
+    gpus: Annotated[int | None, typer.Option(help="Ray Train workers with one GPU each.")] = None,
+    workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue this run directory.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bf16 autocast.")] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option("--channels-last/--no-channels-last", help="channels_last memory format."),
+    ] = None,
+    compile: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    max_failures: Annotated[int | None, typer.Option(help="Worker restarts allowed.")] = None,
+    keep_checkpoints: Annotated[int | None, typer.Option(help="Epoch checkpoints kept.")] = None,
+    cpus_per_worker: Annotated[int | None, typer.Option(help="CPUs per worker (0: even).")] = None,
+    loader_workers: Annotated[
+        int | None, typer.Option(help="Data-loader processes per worker (-1: CPUs per worker - 1).")
+    ] = None,
+    limit_train_batches: Annotated[
+        int | None, typer.Option(help="Batches per epoch for a smoke run (0: all).")
+    ] = None,
+    limit_val_batches: Annotated[
+        int | None, typer.Option(help="Validation batches per epoch (0: all).")
+    ] = None,
+    run_name: Annotated[str | None, typer.Option(help="Run directory name.")] = None,
+) -> None:
+    """Train a network on prepared shards with Ray Train (DDP), with the paper's recipe."""
+    from convplat.errors import ConfigError
+    from convplat.training.recipe import resolve_train_config
+    from convplat.training.trainer import fit
+
+    overrides = _given(
+        data=data,
+        out=out,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        gpus=gpus,
+        workers=workers,
+        seed=seed,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile,
+        address=address,
+        max_failures=max_failures,
+        keep_checkpoints=keep_checkpoints,
+        cpus_per_worker=cpus_per_worker,
+        loader_workers=loader_workers,
+        limit_train_batches=limit_train_batches,
+        limit_val_batches=limit_val_batches,
+        run_name=run_name,
+    )
+    if resume:
+        from convplat.training.trainer import resume_config
+
+        cfg = resume_config(
+            resume,
+            {k: v for k, v in overrides.items() if k in ("epochs", "address", "max_failures")},
+        )
+    elif model is None:
+        raise ConfigError("expected a MODEL (see `convplat models`) or --resume RUN")
+    else:
+        cfg = resolve_train_config(model, config, overrides)
+    run_dir = fit(cfg, resume=resume)
+    console.print(f"run written to {run_dir}")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[
+        str | None, typer.Argument(help="Run directory (default: the newest under runs/).")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="center or ten-crop.")] = "center",
+    data: Annotated[str | None, typer.Option(help="Shards (default: the run's).")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    weights: Annotated[str, typer.Option(help="final, best or latest.")] = "final",
+) -> None:
+    """Top-1/top-5 error of a trained run (centre crop or ten-crop)."""
+    from convplat.training import evaluate as run_evaluate
+    from convplat.training.checkpoints import newest_run
+
+    run = run or newest_run("runs")
+    result = run_evaluate(
+        run, mode=mode, data=data, split=split, batch_size=batch_size, weights=weights
+    )
+    console.print(
+        f"{run} [{mode}, {split}, {result['count']} images]: "
+        f"top-1 error {result['top1_err']:.4f}, top-5 error {result['top5_err']:.4f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the typer app, turning user mistakes into one line and exit 2."""
     command = typer.main.get_command(app)

@@ -5,7 +5,7 @@ from convplat.training.models import alexnet as _alexnet  # noqa: F401  (registe
 from convplat.training.models import overfeat as _overfeat  # noqa: F401
 from convplat.training.models import zfnet as _zfnet  # noqa: F401
 from convplat.training.models.alexnet import AlexNet
-from convplat.training.models.base import ConvNet
+from convplat.training.models.base import INIT_SCHEMES, ConvNet, reinitialize
 from convplat.training.models.layers import LinearAsConv2d, LocalResponseNorm
 from convplat.training.models.overfeat import OverFeat, OverFeatAccurate, OverFeatFast
 from convplat.training.models.registry import (
@@ -19,6 +19,7 @@ from convplat.training.models.registry import (
 from convplat.training.models.zfnet import ZFNet, renormalize_filters
 
 __all__ = [
+    "INIT_SCHEMES",
     "AlexNet",
     "ConvNet",
     "LinearAsConv2d",
@@ -33,5 +34,6 @@ __all__ = [
     "list_models",
     "model_info",
     "register_model",
+    "reinitialize",
     "renormalize_filters",
 ]

@@ -154,3 +154,26 @@ def fc_classifier(
         nn.Dropout(dropout),
         nn.Linear(hidden, num_classes),  # fc8  (B, num_classes)
     )
+
+
+INIT_SCHEMES = ("paper", "kaiming")
+
+
+def reinitialize(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-initialise every conv/linear layer; ``paper`` keeps the builders' published init.
+
+    ``kaiming`` (He et al. 2015: N(0, 2/fan_out) weights, zero biases, as torchvision does)
+    is not in the 2012-14 papers; the demo preset uses it because the papers' N(0, 0.01) with
+    unit biases sits on a long initial plateau on CPU-sized runs (shared/FIELD-NOTES.md).
+    """
+    if scheme == "paper":
+        return model
+    if scheme != "kaiming":
+        raise ValueError(f"init: expected one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    last = model.classifier[-1]
+    nn.init.normal_(last.weight, 0.0, INIT_STD)  # small logits at the start
+    return model

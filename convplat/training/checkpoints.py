@@ -1,0 +1,146 @@
+"""Run directories and checkpoints, loadable without unpickling arbitrary objects.
+
+A checkpoint directory holds ``model.safetensors`` (weights), ``state.pt`` (optimizer,
+scheduler and RNG tensors; read with ``torch.load(weights_only=True)``) and ``meta.json``
+(epoch, metrics history, best score, configuration). Nothing in them is a pickled object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from convplat.errors import ConvplatError
+from convplat.storage import Location, resolve
+
+CHECKPOINTS = "checkpoints"
+FINAL_WEIGHTS = "model.safetensors"
+BEST_WEIGHTS = "best.safetensors"
+LATEST = "latest"
+
+
+def state_dict_bytes(model: nn.Module) -> bytes:
+    """Weights as safetensors bytes (contiguous copies, so shared/strided tensors are fine)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save_safetensors(tensors)
+
+
+def load_weights(model: nn.Module, data: bytes) -> nn.Module:
+    """Load safetensors bytes into ``model`` (strict: names and shapes must match)."""
+    model.load_state_dict(load_safetensors(data))
+    return model
+
+
+def save_training_state(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    meta: dict,
+) -> None:
+    """Write one epoch's checkpoint into a local directory (Ray Train then persists it)."""
+    directory = Path(directory)
+    (directory / FINAL_WEIGHTS).write_bytes(state_dict_bytes(model))
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "rng": torch.get_rng_state(),
+    }
+    torch.save(state, directory / "state.pt")
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def load_training_state(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler=None,
+) -> dict:
+    """Restore a checkpoint written by :func:`save_training_state`; returns its meta."""
+    directory = Path(directory)
+    load_weights(model, (directory / FINAL_WEIGHTS).read_bytes())
+    state = torch.load(directory / "state.pt", weights_only=True, map_location="cpu")
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state["scheduler"]:
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return json.loads((directory / "meta.json").read_text())
+
+
+def write_json(location: Location, name: str, payload) -> None:
+    location.write_bytes(name, json.dumps(payload, indent=2).encode())
+
+
+def write_jsonl(location: Location, name: str, rows: list[dict]) -> None:
+    location.write_bytes(name, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def read_run_config(run_dir: str) -> dict:
+    """The resolved configuration a run recorded in ``config.json``."""
+    location = resolve(run_dir)
+    if not location.exists("config.json"):
+        raise ConvplatError(
+            f"{run_dir} is not a convplat run: no config.json "
+            "(expected runs/<model>-<stamp>/ made by `convplat train`)"
+        )
+    return json.loads(location.read_bytes("config.json"))
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """Path of the newest complete epoch checkpoint of a run, or None."""
+    location = resolve(run_dir)
+    if location.exists(f"{CHECKPOINTS}/{LATEST}"):
+        name = location.read_bytes(f"{CHECKPOINTS}/{LATEST}").decode().strip()
+        if location.exists(f"{CHECKPOINTS}/{name}/meta.json"):
+            return location.join(CHECKPOINTS, name)
+    return None
+
+
+def newest_run(runs_dir: str = "runs", prefix: str = "") -> str:
+    """The most recently modified run under ``runs_dir`` that has final weights."""
+    root = Path(runs_dir)
+    candidates = (
+        [
+            p
+            for p in root.glob(f"{prefix}*")
+            if (p / FINAL_WEIGHTS).is_file() and (p / "config.json").is_file()
+        ]
+        if root.is_dir()
+        else []
+    )
+    if not candidates:
+        raise ConvplatError(
+            f"no trained run under {runs_dir}/ (expected a directory with "
+            f"{FINAL_WEIGHTS}); run `convplat train` first or pass --checkpoint"
+        )
+    return str(max(candidates, key=lambda p: (p / FINAL_WEIGHTS).stat().st_mtime))
+
+
+def load_run_model(run_dir: str, weights: str = "final") -> tuple[nn.Module, dict]:
+    """Rebuild a run's model and load its ``final`` / ``best`` / ``latest`` weights."""
+    from convplat.training.models import create_model
+
+    config = read_run_config(run_dir)
+    location = resolve(run_dir)
+    if weights == "latest":
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ConvplatError(f"{run_dir} has no checkpoint yet")
+        name = checkpoint[len(location.path) + 1 :] + "/" + FINAL_WEIGHTS
+    else:
+        name = FINAL_WEIGHTS if weights == "final" else BEST_WEIGHTS
+        if not location.exists(name):
+            fallback = latest_checkpoint(run_dir)
+            if fallback is None:
+                raise ConvplatError(f"{run_dir} has no {name} and no checkpoint")
+            name = fallback[len(location.path) + 1 :] + "/" + FINAL_WEIGHTS
+    model = create_model(config["model"], num_classes=config["num_classes"])
+    load_weights(model, location.read_bytes(name))
+    return model.eval(), config

@@ -1,0 +1,500 @@
+"""Shards -> batches: WebDataset streams split explicitly over (rank, loader worker) slots.
+
+Training yields exactly ``batches_per_epoch`` full batches on every rank (DDP never waits on a
+rank that ran dry); evaluation reads every sample exactly once across all ranks (no padding, so
+top-1 counts are exact). Workers do the per-sample work only - shuffle the raw samples, decode
+with libjpeg-turbo (simplejpeg), copy a uint8 crop into the batch - and leave every float
+operation to :class:`convplat.training.augment.BatchTransform` on the training device.
+
+Batches are ``(images, labels, windows)``: uint8 ``(B, h, w, 3)``, int64 ``(B,)`` and int64
+``(B, 3)`` rows ``[top, left, flip]`` giving each image's position in the ``S x S`` frame of
+the mean image (``S`` = the manifest's ``size``) and whether the transform must mirror it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+import numpy as np
+import simplejpeg
+import torch
+import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from convplat.errors import ConfigError, DatasetError
+from convplat.storage import Location, resolve
+from convplat.training.augment import random_windows
+
+EVAL_MODES = ("center", "ten-crop", "full")
+DEFAULT_SHUFFLE_BUFFER = 1000
+READ_BUFFER = 1 << 20
+
+
+# --------------------------------------------------------------------------- dataset files
+def read_manifest(shard_dir: str | os.PathLike) -> dict:
+    """The ``manifest.json`` that ``convplat prepare`` wrote (local path or pyarrow URI)."""
+    location = resolve(shard_dir)
+    try:
+        return json.loads(location.read_bytes("manifest.json"))
+    except FileNotFoundError:
+        raise DatasetError(
+            f"no manifest.json in {location.uri}: expected a directory written by "
+            "`convplat prepare`"
+        ) from None
+    except ValueError as exc:
+        raise DatasetError(f"unreadable manifest.json in {location.uri}: {exc}") from None
+
+
+def load_stats(shard_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of ``stats.npz``: ``mean`` (S, S, 3), ``rgb_mean``, ``eigval``, ``eigvec``."""
+    location = resolve(shard_dir)
+    try:
+        payload = location.read_bytes("stats.npz")
+    except FileNotFoundError:
+        raise DatasetError(
+            f"no stats.npz in {location.uri}: expected a directory written by `convplat prepare`"
+        ) from None
+    with np.load(io.BytesIO(payload)) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def split_shards(manifest: dict, split: str) -> list[tuple[str, int]]:
+    """``(shard name, sample count)`` of a split's non-empty shards, in manifest order."""
+    info = manifest.get("splits", {}).get(split)
+    if not info or not info.get("count"):
+        have = sorted(manifest.get("splits", {}))
+        raise DatasetError(f"the shards have no {split!r} samples (splits present: {have})")
+    return [(s["name"], int(s["count"])) for s in info["shards"] if int(s["count"]) > 0]
+
+
+def default_num_workers() -> int:
+    """Loader processes to use: one core is left to the training process, at most 8.
+
+    Under Ray Train pass the worker's own CPU share instead (every Train worker on a node
+    would otherwise take the whole node).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(8, (cpus or 1) - 1))
+
+
+# --------------------------------------------------------------------------- shard planning
+@dataclass(frozen=True)
+class ShardTask:
+    """One slot's share of one shard: samples ``i`` with ``i % parts == part``."""
+
+    name: str
+    count: int
+    parts: int = 1
+    part: int = 0
+
+    @property
+    def samples(self) -> int:
+        return len(range(self.part, self.count, self.parts))
+
+
+def assign_shards(shards: list[tuple[str, int]], slots: int) -> list[list[ShardTask]]:
+    """Split shards over ``slots`` (rank, worker) slots so no slot is left without data.
+
+    With at least as many shards as slots, slot ``s`` reads shards ``s, s + slots, ...``.
+    With fewer, slots wrap around the shard list and the slots sharing a shard take disjoint
+    interleaved parts of it, so the union over slots is still every sample exactly once.
+    """
+    if slots < 1:
+        raise ValueError(f"expected at least one slot, got {slots}")
+    count = len(shards)
+    if count >= slots:
+        return [[ShardTask(n, c) for n, c in shards[slot::slots]] for slot in range(slots)]
+    plan = []
+    for slot in range(slots):
+        name, samples = shards[slot % count]
+        sharing = len(range(slot % count, slots, count))
+        plan.append([ShardTask(name, samples, sharing, slot // count)])
+    return plan
+
+
+def train_batches(count: int, batch_size: int, world_size: int, drop_last: bool = True) -> int:
+    """Batches per rank per epoch: ``count // (world_size * batch_size)`` (rounded up if not
+    ``drop_last``); raises DatasetError when that is zero."""
+    global_batch = world_size * batch_size
+    batches = count // global_batch if drop_last else math.ceil(count / global_batch)
+    if batches < 1:
+        raise DatasetError(
+            f"the training split has {count} samples, fewer than one global batch of "
+            f"{global_batch} ({world_size} ranks x batch size {batch_size}); lower the batch "
+            f"size to at most {max(1, count // world_size)} or prepare more images"
+        )
+    return batches
+
+
+def eval_batches(
+    shards: list[tuple[str, int]], batch_size: int, world_size: int, rank: int, num_workers: int
+) -> int:
+    """Batches the evaluation loader yields on ``rank``: each of its workers' shares, batched
+    separately (so each worker may end on a smaller batch)."""
+    workers = max(1, num_workers)
+    plan = assign_shards(shards, world_size * workers)
+    slots = plan[rank * workers : (rank + 1) * workers]
+    return sum(math.ceil(sum(t.samples for t in tasks) / batch_size) for tasks in slots)
+
+
+def num_batches(
+    shard_dir: str | os.PathLike | dict,
+    split: str = "train",
+    *,
+    batch_size: int,
+    world_size: int = 1,
+    rank: int = 0,
+    num_workers: int | None = None,
+    drop_last: bool = True,
+    training: bool | None = None,
+) -> int:
+    """How many batches :func:`train_loader` (``training``, default: ``split == "train"``) or
+    :func:`eval_loader` yields on ``rank``; the training count is the same on every rank.
+
+    ``shard_dir`` may also be an already-read manifest. ``num_workers`` matters only for
+    evaluation and must match the loader's (None: :func:`default_num_workers`).
+    """
+    manifest = shard_dir if isinstance(shard_dir, dict) else read_manifest(shard_dir)
+    shards = split_shards(manifest, split)
+    if split == "train" if training is None else training:
+        return train_batches(sum(c for _, c in shards), batch_size, world_size, drop_last)
+    workers = default_num_workers() if num_workers is None else num_workers
+    return eval_batches(shards, batch_size, world_size, rank, workers)
+
+
+# --------------------------------------------------------------------------- pipeline stages
+def _worker() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _slot(rank: int, world_size: int) -> tuple[int, int, int]:
+    """(this slot, number of slots, loader worker id) - known only once iteration starts."""
+    worker, workers = _worker()
+    return rank * workers + worker, world_size * workers, worker
+
+
+def _seed(*parts: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([int(p) for p in parts])
+
+
+_SHARD_ORDER, _SHARD_CYCLE, _SAMPLE_SHUFFLE, _WINDOWS = 1, 2, 3, 4
+
+
+def _train_tasks(shards, seed: int, epoch: int, slot: int, slots: int) -> list[ShardTask]:
+    """One slot's shard tasks for one epoch; shard order shuffled with ``(seed, epoch)``."""
+    order = np.random.default_rng(_seed(seed, epoch, _SHARD_ORDER)).permutation(len(shards))
+    tasks = assign_shards([shards[i] for i in order], slots)[slot]
+    # A slot must see some sample on every pass, or cycling would spin forever: with more
+    # slots sharing a shard than it has samples, the extra slots repeat parts.
+    return [
+        ShardTask(t.name, t.count, min(t.parts, t.count), t.part % min(t.parts, t.count))
+        for t in tasks
+    ]
+
+
+def _read_shard(location: Location, task: ShardTask) -> Iterator[dict]:
+    """Raw samples (dicts of bytes) of one task's share of its shard, in shard order.
+
+    webdataset's tar iterators over a pyarrow stream, so local paths, file:// and s3:// /
+    gs:// / hdfs:// shard directories all work.
+    """
+    url = location.join(task.name)
+    with location.fs.open_input_stream(url, buffer_size=READ_BUFFER) as stream:
+        files = tar_file_expander([{"url": url, "stream": stream}], select_files=_wanted)
+        for index, sample in enumerate(group_by_keys(files)):
+            if index % task.parts == task.part:
+                yield sample
+
+
+def _wanted(name: str) -> bool:
+    """Only the image and the label are read; the json metadata is skipped unread."""
+    return name.endswith((".jpg", ".cls"))
+
+
+class _TrainSamples:
+    """Stage 1 (train): this slot's shards, cycled forever (reshuffled on every pass)."""
+
+    def __init__(self, location, shards, seed: int, epoch: int, rank: int, world_size: int):
+        self.location, self.shards, self.seed, self.epoch = location, shards, seed, epoch
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self) -> Iterator[dict]:
+        slot, slots, worker = _slot(self.rank, self.world_size)
+        tasks = _train_tasks(self.shards, self.seed, self.epoch, slot, slots)
+        cycle = np.random.default_rng(_seed(self.seed, self.epoch, self.rank, worker, _SHARD_CYCLE))
+        order = tasks
+        while True:
+            produced = 0
+            for task in order:
+                for sample in _read_shard(self.location, task):
+                    produced += 1
+                    yield sample
+            if produced == 0:  # cycling on would hang every rank at the next all-reduce
+                names = ", ".join(t.name for t in tasks)
+                raise DatasetError(f"shards {names} hold no samples, unlike manifest.json says")
+            order = [tasks[i] for i in cycle.permutation(len(tasks))]
+
+
+class _EvalSamples:
+    """Stage 1 (evaluation): this slot's shards, once, in manifest order."""
+
+    def __init__(self, location, shards, rank: int, world_size: int) -> None:
+        self.location, self.shards, self.rank, self.world_size = location, shards, rank, world_size
+
+    def __call__(self) -> Iterator[dict]:
+        slot, slots, _ = _slot(self.rank, self.world_size)
+        for task in assign_shards(self.shards, slots)[slot]:
+            yield from _read_shard(self.location, task)
+
+
+class _SlotShuffle:
+    """Stage 2 (train): shuffle the raw samples, seeded per (seed, epoch, rank, worker).
+
+    When one pass over the slot's shards fits in ``bufsize``, each pass is permuted exactly
+    (an epoch is then a permutation, never a sample twice in a batch); otherwise webdataset's
+    shuffle buffer of ``bufsize`` samples mixes the stream.
+    """
+
+    def __init__(self, bufsize: int, shards, seed: int, epoch: int, rank: int, world_size: int):
+        self.bufsize, self.shards, self.seed, self.epoch = bufsize, shards, seed, epoch
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self, samples):
+        if self.bufsize <= 1:
+            return samples
+        slot, slots, worker = _slot(self.rank, self.world_size)
+        per_pass = sum(
+            t.samples for t in _train_tasks(self.shards, self.seed, self.epoch, slot, slots)
+        )
+        seed = _seed(self.seed, self.epoch, self.rank, worker, _SAMPLE_SHUFFLE)
+        if per_pass <= self.bufsize:
+            return self._permute_passes(samples, per_pass, np.random.default_rng(seed))
+        state = int(seed.generate_state(1, np.uint64)[0])
+        return wds.shuffle(self.bufsize, initial=self.bufsize, seed=state)(samples)
+
+    @staticmethod
+    def _permute_passes(samples, per_pass: int, rng: np.random.Generator):
+        while True:
+            chunk = list(islice(samples, per_pass))
+            if not chunk:
+                return
+            yield from (chunk[i] for i in rng.permutation(len(chunk)))
+
+
+def _decode(sample: dict) -> np.ndarray:
+    try:
+        return simplejpeg.decode_jpeg(sample["jpg"], colorspace="RGB")
+    except (KeyError, ValueError) as exc:
+        raise DatasetError(
+            f"cannot decode sample {sample.get('__key__')!r} of {sample.get('__url__')}: {exc}"
+        ) from None
+
+
+def _frame(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size x size`` frame the mean image covers (the whole image for cropped
+    shards; for ``--no-crop`` shards the same window the statistics used)."""
+    height, width = image.shape[:2]
+    if height == size and width == size:
+        return image
+    if height < size or width < size:
+        raise DatasetError(f"an image of {height}x{width} is smaller than the {size}x{size} frame")
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[top : top + size, left : left + size]
+
+
+def _new_uint8(shape) -> tuple[torch.Tensor, np.ndarray]:
+    images = torch.empty(shape, dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        images.share_memory_()  # filled in place; the worker queue then sends it without a copy
+    return images, images.numpy()
+
+
+def _labels(samples) -> torch.Tensor:
+    return torch.tensor([int(s["cls"]) for s in samples], dtype=torch.int64)
+
+
+class _TrainBatches:
+    """Stage 3 (train): decode, random crop windows, crops copied into one uint8 batch."""
+
+    def __init__(self, batch_size, crop, frame, seed, epoch, rank, world_size) -> None:
+        self.batch_size, self.crop, self.frame = batch_size, crop, frame
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.rng: np.random.Generator | None = None
+
+    def __call__(self, samples):
+        _, _, worker = _slot(self.rank, self.world_size)
+        self.rng = np.random.default_rng(_seed(self.seed, self.epoch, self.rank, worker, _WINDOWS))
+        return wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(samples)
+
+    def collate(self, samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        crop, count = self.crop, len(samples)
+        windows = random_windows(count, self.frame, self.frame, crop, self.rng)
+        images, pixels = _new_uint8((count, crop, crop, 3))
+        for i, (sample, (top, left, _)) in enumerate(zip(samples, windows.tolist(), strict=True)):
+            frame = _frame(_decode(sample), self.frame)
+            pixels[i] = frame[top : top + crop, left : left + crop]
+        return images, _labels(samples), torch.from_numpy(windows)
+
+
+class _EvalBatches:
+    """Stage 2 (evaluation): centre crops, or the whole frame (ten-crop) or image (full)."""
+
+    def __init__(self, batch_size, mode, crop, frame, keys) -> None:
+        self.batch_size, self.mode, self.keys = batch_size, mode, keys
+        self.crop, self.frame = crop, frame
+
+    def __call__(self, samples):
+        return wds.batched(self.batch_size, collation_fn=self.collate, partial=True)(samples)
+
+    def collate(self, samples):
+        count = len(samples)
+        windows = torch.zeros((count, 3), dtype=torch.int64)
+        if self.mode == "full":
+            decoded = [torch.from_numpy(_decode(s)) for s in samples]
+            same = all(d.shape == decoded[0].shape for d in decoded)
+            images = torch.stack(decoded) if same else decoded
+        else:
+            side = self.crop if self.mode == "center" else self.frame
+            offset = (self.frame - side) // 2
+            windows[:, :2] = offset
+            images, pixels = _new_uint8((count, side, side, 3))
+            for i, sample in enumerate(samples):
+                frame = _frame(_decode(sample), self.frame)
+                pixels[i] = frame[offset : offset + side, offset : offset + side]
+        batch = (images, _labels(samples), windows)
+        return batch + ([s["__key__"] for s in samples],) if self.keys else batch
+
+
+# --------------------------------------------------------------------------- loaders
+class ShardLoader:
+    """An epoch of batches with a known length; stops after exactly ``len(self)`` batches.
+
+    Each ``iter()`` starts fresh loader workers and shuts them down at the end (or when the
+    loop is left early). A stream that ends short raises instead of silently unbalancing DDP.
+    """
+
+    def __init__(self, loader: wds.WebLoader, length: int) -> None:
+        self.loader = loader
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        iterator = iter(self.loader)
+        delivered = 0
+        try:
+            for batch in islice(iterator, self.length):
+                delivered += 1
+                yield batch
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # drops the DataLoader iterator, which stops its worker processes
+        if delivered != self.length:
+            raise RuntimeError(f"loader delivered {delivered} of {self.length} batches")
+
+
+def _web_loader(pipeline, num_workers: int, pin_memory: bool) -> wds.WebLoader:
+    return wds.WebLoader(
+        pipeline,
+        batch_size=None,  # the pipeline batches inside the workers
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
+
+
+def _check_common(batch_size, rank, world_size, num_workers, crop_size, frame) -> int:
+    if batch_size < 1:
+        raise ConfigError(f"batch size: expected >= 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank: expected 0..{world_size - 1} of {world_size}, got {rank}")
+    workers = default_num_workers() if num_workers is None else num_workers
+    if workers < 0:
+        raise ConfigError(f"num_workers: expected >= 0, got {workers}")
+    if not 1 <= crop_size <= frame:
+        raise ConfigError(f"crop size: expected 1..{frame} (the shard image size), got {crop_size}")
+    return workers
+
+
+def train_loader(
+    shard_dir: str | os.PathLike,
+    *,
+    batch_size: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int | None = None,
+    seed: int = 0,
+    crop_size: int = 224,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    drop_last: bool = True,
+    pin_memory: bool = False,
+) -> ShardLoader:
+    """One training epoch on one rank: exactly ``num_batches(...)`` full batches.
+
+    Shards are shuffled with ``(seed, epoch)`` and dealt to the ``world_size x workers``
+    slots (:func:`assign_shards`); each slot cycles over its shards (reshuffled per pass),
+    shuffles raw samples in a buffer of ``shuffle_buffer`` seeded by
+    ``(seed, epoch, rank, worker)``, then decodes and crops a random ``crop_size`` window
+    (AlexNet §4.1) into uint8 batches. Batches per epoch = ``train_count // (world_size *
+    batch_size)``; ``drop_last=False`` rounds up instead (the last batches are filled from
+    the cycling streams). The same arguments give the same batches.
+
+    Yields ``(images uint8 (B, crop, crop, 3), labels int64 (B,), windows int64 (B, 3))``.
+    """
+    manifest = read_manifest(shard_dir)
+    frame = int(manifest["size"])
+    workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
+    shards = split_shards(manifest, "train")
+    length = train_batches(sum(c for _, c in shards), batch_size, world_size, drop_last)
+    pipeline = wds.DataPipeline(
+        _TrainSamples(resolve(shard_dir), shards, seed, epoch, rank, world_size),
+        _SlotShuffle(shuffle_buffer, shards, seed, epoch, rank, world_size),  # before decode
+        _TrainBatches(batch_size, crop_size, frame, seed, epoch, rank, world_size),
+    )
+    return ShardLoader(_web_loader(pipeline, workers, pin_memory), length)
+
+
+def eval_loader(
+    shard_dir: str | os.PathLike,
+    split: str = "val",
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int | None = None,
+    crop_size: int = 224,
+    mode: str = "center",
+    keys: bool = False,
+    pin_memory: bool = False,
+) -> ShardLoader:
+    """Every sample of ``split`` exactly once over all ranks: no padding, no duplicates.
+
+    Modes: ``center`` yields the central ``crop_size`` crops; ``ten-crop`` the whole ``S x S``
+    frame (for :class:`~convplat.training.augment.TenCrop`); ``full`` the decoded image as it
+    is (for cropped shards the same as ten-crop; for ``--no-crop`` shards a batch of mixed
+    sizes is a list of ``(H, W, 3)`` tensors). Windows are the images' places in the mean
+    frame (flip 0). A rank or worker whose share is empty yields nothing; every worker's last
+    batch may be smaller. ``keys=True`` appends the list of sample keys to each batch.
+    """
+    if mode not in EVAL_MODES:
+        raise ConfigError(f"evaluation mode: expected one of {', '.join(EVAL_MODES)}, got {mode!r}")
+    manifest = read_manifest(shard_dir)
+    frame = int(manifest["size"])
+    workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
+    shards = split_shards(manifest, split)
+    length = eval_batches(shards, batch_size, world_size, rank, workers)
+    pipeline = wds.DataPipeline(
+        _EvalSamples(resolve(shard_dir), shards, rank, world_size),
+        _EvalBatches(batch_size, mode, crop_size, frame, keys),
+    )
+    return ShardLoader(_web_loader(pipeline, workers, pin_memory), length)

@@ -1,0 +1,182 @@
+"""`convplat train` / `evaluate` end to end on tiny shards with 2 CPU workers (gloo)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_imagenet_tree
+
+from convplat.config import PrepareConfig, TrainConfig
+from convplat.pipeline import prepare
+from convplat.training import evaluate, fit
+from convplat.training.checkpoints import load_run_model
+from convplat.training.trainer import resume_config
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("raw")
+    make_imagenet_tree(
+        root, classes=3, train_per_class=6, val_per_class=3, quirks=False, size=(300, 260)
+    )
+    out = tmp_path_factory.mktemp("shards")
+    prepare(PrepareConfig(source=str(root), out=str(out), size=256, shard_size=5, progress=False))
+    return str(out)
+
+
+def tiny_config(shards: str, out: Path, **changes) -> TrainConfig:
+    base = TrainConfig(
+        model="alexnet",
+        data=shards,
+        out=str(out),
+        epochs=2,
+        batch_size=4,
+        workers=2,
+        optimizer="adam",
+        lr=1e-4,
+        schedule="multistep",
+        milestones=(2,),
+        gamma=0.1,
+        limit_train_batches=2,
+        loader_workers=0,
+        progress=False,
+        max_failures=1,
+        input_scale=1 / 64,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    run = Path(fit(tiny_config(shards, out, amp=True, channels_last=True, run_name="tiny")))
+    return run
+
+
+def test_train_writes_every_output(trained):
+    run = trained
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "alexnet" and config["num_classes"] == 3
+    metrics = read_metrics(run)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for row in metrics:
+        for key in (
+            "lr",
+            "train_loss",
+            "val_loss",
+            "top1_err",
+            "top5_err",
+            "images_per_s",
+            "seconds",
+            "data_wait",
+        ):
+            assert row[key] is not None, key
+        assert row["val_count"] == 9  # every validation image exactly once across 2 ranks
+    assert metrics[0]["lr"] == metrics[1]["lr"] == pytest.approx(1e-4)  # decays after epoch 2
+    assert (run / "checkpoints" / "latest").read_text().strip() == "epoch-002"
+    for epoch in (1, 2):
+        checkpoint = run / "checkpoints" / f"epoch-{epoch:03d}"
+        assert (checkpoint / "model.safetensors").is_file()
+        state = torch.load(checkpoint / "state.pt", weights_only=True)  # nothing pickled
+        assert {"optimizer", "scheduler", "rng"} <= set(state)
+    assert (run / "plots" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "best.safetensors").is_file()
+    model, _ = load_run_model(str(run))
+    assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
+
+
+def test_evaluate_center_and_ten_crop(trained):
+    center = evaluate(str(trained), mode="center", batch_size=4)
+    ten = evaluate(str(trained), mode="ten-crop", batch_size=4)
+    assert center["count"] == ten["count"] == 9
+    for result in (center, ten):
+        assert 0 <= result["top1_err"] <= 1 and result["top5_err"] == 0  # 3 classes < 5
+    assert (trained / "eval-ten-crop-val.json").is_file()
+
+
+def test_resume_continues_at_next_epoch_with_same_schedule(trained, shards):
+    run = trained
+    config = resume_config(str(run), {"epochs": 3})
+    fit(config, resume=str(run))
+    metrics = read_metrics(run)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[2]["lr"] == pytest.approx(1e-5)  # the restored MultiStepLR decayed at 2
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert resumes[-1]["from_epoch"] == 2
+
+
+def _kill_rank_after(run: Path, checkpoint: str, rank: int, killed: list) -> None:
+    """Once ``checkpoint`` is the latest, SIGKILL the process of ``rank`` (from events.jsonl)."""
+    import os
+    import signal
+
+    deadline = time.monotonic() + 240
+    latest, events = run / "checkpoints" / "latest", run / "events.jsonl"
+    while time.monotonic() < deadline:
+        if latest.is_file() and latest.read_text().strip() == checkpoint:
+            starts = [json.loads(line) for line in events.read_text().splitlines()]
+            pid = [e for e in starts if e["event"] == "start"][-1]["pids"][rank]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def test_killed_worker_is_restarted_from_checkpoint(shards, tmp_path):
+    config = tiny_config(
+        shards, tmp_path, epochs=3, limit_train_batches=4, run_name="ft", schedule="constant"
+    )
+    run = tmp_path / "ft"
+    killed: list[int] = []
+    watcher = threading.Thread(target=_kill_rank_after, args=(run, "epoch-001", 1, killed))
+    watcher.start()
+    fit(config)
+    watcher.join()
+    assert killed, "no Ray Train worker was killed"
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2, 3]
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "resume" and e["from_epoch"] >= 1 for e in events)
+    starts = [e for e in events if e["event"] == "start"]
+    assert len(starts) == 2 and killed[0] not in starts[1]["pids"]  # a new worker group
+
+
+def test_gpus_on_a_cpu_only_cluster_fails_cleanly(shards, capsys, tmp_path):
+    from convplat.cli.main import main
+
+    code = main(
+        [
+            "train",
+            "alexnet",
+            "--gpus",
+            "2",
+            "--batch-size",
+            "4",
+            "--data",
+            shards,
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--gpus 2" in err[0]
+
+
+def test_unknown_model_and_missing_shards_fail_cleanly(capsys, tmp_path):
+    from convplat.cli.main import main
+
+    assert main(["train", "resnet50"]) == 2
+    assert "choose one of" in capsys.readouterr().err
+    assert main(["train", "alexnet", "--data", str(tmp_path / "none")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
