@@ -11,8 +11,11 @@ import pytest
 import simplejpeg
 import torch
 import webdataset as wds
+from conftest import make_imagenet_tree
 
+from convplat.config import PrepareConfig
 from convplat.errors import ConfigError, DatasetError
+from convplat.pipeline import prepare
 from convplat.training.augment import BatchTransform, TenCrop
 from convplat.training.data import (
     assign_shards,
@@ -78,6 +81,10 @@ def shards(tmp_path_factory) -> Path:
 
 def labels_of(loader) -> list[list[int]]:
     return [batch[1].tolist() for batch in loader]
+
+
+def all_labels(loader) -> list[int]:
+    return [label for batch in labels_of(loader) for label in batch]
 
 
 # --------------------------------------------------------------------------- training
@@ -258,7 +265,7 @@ def test_evaluation_of_a_single_shard_over_many_ranks(tmp_path):
         loader = eval_loader(
             root, batch_size=4, rank=rank, world_size=3, num_workers=0, crop_size=CROP
         )
-        labels += [label for batch in labels_of(loader) for label in batch]
+        labels += all_labels(loader)
     assert sorted(labels) == [2, 3, 4, 5, 6]
 
 
@@ -303,11 +310,6 @@ def test_assign_shards_wraps_and_splits():
 
 def test_real_prepare_output(ray_session, tmp_path):
     """Round trip through `convplat prepare`'s actual shards and statistics."""
-    from conftest import make_imagenet_tree
-
-    from convplat.config import PrepareConfig
-    from convplat.pipeline import prepare
-
     make_imagenet_tree(
         tmp_path / "raw", classes=2, train_per_class=5, val_per_class=2, quirks=False
     )
@@ -319,11 +321,7 @@ def test_real_prepare_output(ray_session, tmp_path):
     )
     batches = list(train_loader(out, batch_size=2, epoch=0, num_workers=0, crop_size=CROP))
     assert len(batches) == 5
-    val = [
-        x
-        for b in labels_of(eval_loader(out, batch_size=3, num_workers=0, crop_size=CROP))
-        for x in b
-    ]
+    val = all_labels(eval_loader(out, batch_size=3, num_workers=0, crop_size=CROP))
     assert sorted(val) == [0, 0, 1, 1]
     x = BatchTransform.from_stats(load_stats(out))(batches[0][0], batches[0][2])
     assert x.shape == (2, 3, CROP, CROP) and torch.isfinite(x).all()
