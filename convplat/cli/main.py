@@ -264,8 +264,9 @@ def evaluate(
         run, mode=mode, data=data, split=split, batch_size=batch_size, weights=weights
     )
     console.print(
-        f"{run} [{mode}, {split}, {result['count']} images]: "
-        f"top-1 error {result['top1_err']:.4f}, top-5 error {result['top5_err']:.4f}"
+        f"{run} ({mode}, {split}, {result['count']} images): "
+        f"top-1 error {result['top1_err']:.4f}, top-5 error {result['top5_err']:.4f}",
+        markup=False,
     )
 
 
