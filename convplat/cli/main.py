@@ -270,6 +270,106 @@ def evaluate(
     )
 
 
+@app.command()
+def transfer(
+    dataset: Annotated[
+        str, typer.Argument(help="caltech101, caltech256 or folder:PATH.")
+    ] = "caltech101",
+    data: Annotated[
+        str | None, typer.Option(help="Dataset root (default: data/caltech101, data/caltech256).")
+    ] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(help="Run directory or .safetensors in one (default: the newest run)."),
+    ] = None,
+    runs: Annotated[str | None, typer.Option(help="Runs directory.")] = None,
+    out: Annotated[str | None, typer.Option(help="Where to write the transfer run.")] = None,
+    run_name: Annotated[str | None, typer.Option(help="Transfer run directory name.")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="head (frozen layers 1-7), scratch, full; comma-separated for several."),
+    ] = None,
+    cut: Annotated[str | None, typer.Option(help="fc7, fc6 or conv5; comma-separated.")] = None,
+    train_per_class: Annotated[
+        str | None,
+        typer.Option(help="Training images per class, e.g. 15,30 (Caltech-256: 15,30,45,60)."),
+    ] = None,
+    test_per_class: Annotated[
+        int | None, typer.Option(help="Test images per class, at most.")
+    ] = None,
+    splits: Annotated[int | None, typer.Option(help="Random splits.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the splits.")] = None,
+    augment: Annotated[str | None, typer.Option(help="none or flip (extra features).")] = None,
+    head_optimizer: Annotated[str | None, typer.Option(help="lbfgs or sgd.")] = None,
+    weight_decays: Annotated[
+        str | None,
+        typer.Option(help="Weight-decay grid chosen on a held-out part of each train split."),
+    ] = None,
+    holdout: Annotated[
+        float | None, typer.Option(help="Held-out fraction for that choice.")
+    ] = None,
+    head_iters: Annotated[int | None, typer.Option(help="Head optimizer iterations.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs for scratch/full.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch for scratch/full.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam lr for scratch/full.")] = None,
+    extract_batch_size: Annotated[
+        int | None, typer.Option(help="Feature-extraction batch.")
+    ] = None,
+    background: Annotated[
+        bool | None,
+        typer.Option("--background/--no-background", help="Keep BACKGROUND_Google / 257.clutter."),
+    ] = None,
+    cache: Annotated[
+        bool | None, typer.Option("--cache/--no-cache", help="Reuse cached features.")
+    ] = None,
+    cache_dir: Annotated[str | None, typer.Option(help="Feature cache directory.")] = None,
+    executor: Annotated[str | None, typer.Option(help="auto, local or ray.")] = None,
+    ray_min_images: Annotated[
+        int | None, typer.Option(help="With --executor auto, use Ray tasks from this many images.")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda if present).")
+    ] = None,
+) -> None:
+    """Freeze an ImageNet model and train new softmax heads with ZFNet's split protocol."""
+    from convplat.transfer import TransferConfig, format_table
+    from convplat.transfer import transfer as run_transfer
+
+    values = _given(
+        data=data,
+        checkpoint=checkpoint,
+        runs=runs,
+        out=out,
+        run_name=run_name,
+        modes=mode,
+        cuts=cut,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        splits=splits,
+        seed=seed,
+        augment=augment,
+        head_optimizer=head_optimizer,
+        weight_decays=weight_decays,
+        holdout=holdout,
+        head_iters=head_iters,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        extract_batch_size=extract_batch_size,
+        background=background,
+        cache=cache,
+        cache_dir=cache_dir,
+        executor=executor,
+        ray_min_images=ray_min_images,
+        address=address,
+        device=device,
+    )
+    results = run_transfer(TransferConfig(dataset=dataset, **values))
+    print(format_table(results))
+    print(f"results written to {results['run_dir']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the typer app, turning user mistakes into one line and exit 2."""
     command = typer.main.get_command(app)

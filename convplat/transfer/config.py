@@ -1,0 +1,207 @@
+"""`TransferConfig`: every setting of `convplat transfer`, validated once, recorded in config.json.
+
+Defaults follow ZFNet §5.2 (PAPERS.md §2.6): frozen layers 1-7 (``fc7``), a new softmax per
+split, 5 splits, up to 50 test images per class, and the paper's train sizes per dataset
+(Caltech-101: 15 and 30 per class; Caltech-256: 15, 30, 45 and 60).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from convplat.errors import ConfigError
+
+DATASETS = ("caltech101", "caltech256")  # plus "folder:PATH"
+MODES = ("head", "scratch", "full")
+CUTS = ("fc7", "fc6", "conv5")
+AUGMENTS = ("none", "flip")
+HEAD_OPTIMIZERS = ("lbfgs", "sgd")
+EXECUTORS = ("auto", "local", "ray")
+
+# ZFNet §5.2: Caltech-101 after Fei-Fei et al. (15 or 30 per class), Caltech-256 after Griffin
+# et al. (15, 30, 45, 60). A plain folder gets Caltech-101's.
+DEFAULT_TRAIN_PER_CLASS = {
+    "caltech101": (15, 30),
+    "caltech256": (15, 30, 45, 60),
+    "folder": (15, 30),
+}
+DEFAULT_WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _as_tuple(value, flag: str, kind: type) -> tuple:
+    """``"a,b"``, ``["a", "b"]`` or ``("a",)`` -> a tuple of ``kind``; ConfigError otherwise."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        parts: Iterable = [p for p in re.split(r"[,\s]+", value.strip()) if p]
+    elif isinstance(value, int | float):
+        parts = [value]
+    else:
+        parts = list(value)
+    try:
+        return tuple(kind(p) for p in parts)
+    except (TypeError, ValueError):
+        expected = "integers" if kind is int else "numbers" if kind is float else "names"
+        raise ConfigError(f"{flag}: expected comma-separated {expected}, got {value!r}") from None
+
+
+def _no_duplicates(values: tuple, flag: str) -> None:
+    _check(len(set(values)) == len(values), f"{flag}: expected distinct values, got {values}")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Settings of `convplat transfer DATASET` (DESIGN.md, docs/transfer.md).
+
+    Tuple fields also accept a comma-separated string (``modes="head,scratch"``), so the CLI
+    can pass option text through. ``train_per_class=()`` means the paper's sizes for the
+    dataset; after construction it holds the resolved sizes.
+    """
+
+    dataset: str = "caltech101"  # caltech101 | caltech256 | folder:PATH
+    data: str | None = None  # dataset root; default data/<dataset> (or PATH of folder:PATH)
+    checkpoint: str | None = None  # run directory or a .safetensors file inside one
+    runs: str = "runs"  # where the newest ImageNet run is looked for
+    out: str | None = None  # where runs/transfer-<dataset>-<stamp>/ goes (default: runs)
+    run_name: str = ""
+    modes: tuple[str, ...] = ("head",)
+    cuts: tuple[str, ...] = ("fc7",)
+    train_per_class: tuple[int, ...] = ()
+    test_per_class: int = 50
+    splits: int = 5
+    seed: int = 0
+    background: bool = False  # keep BACKGROUND_Google / 257.clutter as a class
+    augment: str = "none"  # "flip": also the mirrored centre crop (train: 2 views; test: mean)
+    # The softmax head (mode head): multinomial logistic regression on standardised features.
+    head_optimizer: str = "lbfgs"
+    weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS  # L2 grid, chosen on a held-out part
+    holdout: float = 0.2  # fraction of each class's train images held out to choose it
+    head_iters: int = 200  # L-BFGS iterations (lbfgs) or epochs (sgd)
+    # Modes scratch and full: end-to-end training with Adam, random crops and flips.
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 1e-4
+    # Feature extraction.
+    extract_batch_size: int = 32
+    cache: bool = True
+    cache_dir: str | None = None  # default <runs>/.cache
+    executor: str = "auto"  # auto: Ray tasks above ray_min_images images (or with --address)
+    ray_min_images: int = 2000
+    address: str | None = None
+    device: str | None = None  # cpu, cuda, cuda:1; default: cuda when present
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        kind = self.dataset_kind
+        if kind == "folder":
+            _check(
+                self.data is None,
+                "--data: expected no --data with folder:PATH (the path is the dataset), "
+                f"got {self.data!r}",
+            )
+        self._set("modes", _as_tuple(self.modes, "--mode", str))
+        self._set("cuts", _as_tuple(self.cuts, "--cut", str))
+        self._set("train_per_class", _as_tuple(self.train_per_class, "--train-per-class", int))
+        self._set("weight_decays", _as_tuple(self.weight_decays, "--weight-decays", float))
+        _check(
+            bool(self.modes) and all(m in MODES for m in self.modes),
+            f"--mode: expected one or more of {', '.join(MODES)} (comma-separated), "
+            f"got {','.join(self.modes)!r}",
+        )
+        _no_duplicates(self.modes, "--mode")
+        _check(
+            bool(self.cuts) and all(c in CUTS for c in self.cuts),
+            f"--cut: expected one or more of {', '.join(CUTS)} (comma-separated), "
+            f"got {','.join(self.cuts)!r}",
+        )
+        _no_duplicates(self.cuts, "--cut")
+        if not self.train_per_class:
+            self._set("train_per_class", DEFAULT_TRAIN_PER_CLASS[kind])
+        _check(
+            all(k >= 1 for k in self.train_per_class),
+            f"--train-per-class: expected integers >= 1, got {self.train_per_class}",
+        )
+        _no_duplicates(self.train_per_class, "--train-per-class")
+        _check(
+            self.test_per_class >= 1, f"--test-per-class: expected >= 1, got {self.test_per_class}"
+        )
+        _check(self.splits >= 1, f"--splits: expected >= 1, got {self.splits}")
+        _check(self.seed >= 0, f"--seed: expected >= 0, got {self.seed}")
+        _check(
+            self.augment in AUGMENTS,
+            f"--augment: expected one of {', '.join(AUGMENTS)}, got {self.augment!r}",
+        )
+        _check(
+            self.head_optimizer in HEAD_OPTIMIZERS,
+            f"--head-optimizer: expected one of {', '.join(HEAD_OPTIMIZERS)}, "
+            f"got {self.head_optimizer!r}",
+        )
+        _check(
+            bool(self.weight_decays) and all(w >= 0 for w in self.weight_decays),
+            f"--weight-decays: expected one or more numbers >= 0, got {self.weight_decays}",
+        )
+        _check(0 <= self.holdout < 1, f"--holdout: expected 0 <= fraction < 1, got {self.holdout}")
+        _check(self.head_iters >= 1, f"--head-iters: expected >= 1, got {self.head_iters}")
+        _check(self.epochs >= 1, f"--epochs: expected >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"--batch-size: expected >= 1, got {self.batch_size}")
+        _check(self.lr > 0, f"--lr: expected > 0, got {self.lr}")
+        _check(
+            self.extract_batch_size >= 1,
+            f"--extract-batch-size: expected >= 1, got {self.extract_batch_size}",
+        )
+        _check(
+            self.executor in EXECUTORS,
+            f"--executor: expected one of {', '.join(EXECUTORS)}, got {self.executor!r}",
+        )
+        _check(
+            self.ray_min_images >= 1, f"--ray-min-images: expected >= 1, got {self.ray_min_images}"
+        )
+        _check(
+            self.device is None or re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None,
+            f"--device: expected cpu, cuda or cuda:N, got {self.device!r}",
+        )
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+
+    @property
+    def dataset_kind(self) -> str:
+        """``caltech101``, ``caltech256`` or ``folder``."""
+        if self.dataset in DATASETS:
+            return self.dataset
+        if self.dataset.startswith("folder:") and self.dataset[len("folder:") :].strip():
+            return "folder"
+        raise ConfigError(
+            f"DATASET: expected caltech101, caltech256 or folder:PATH, got {self.dataset!r}"
+        )
+
+    @property
+    def root(self) -> str:
+        """The dataset directory to read."""
+        if self.dataset_kind == "folder":
+            return self.dataset[len("folder:") :].strip()
+        return self.data or os.path.join("data", self.dataset)
+
+    @property
+    def dataset_slug(self) -> str:
+        """A filesystem-safe dataset name for the run directory (``folder-<basename>``)."""
+        if self.dataset_kind != "folder":
+            return self.dataset
+        base = os.path.basename(os.path.normpath(self.root)) or "folder"
+        return "folder-" + (re.sub(r"[^A-Za-z0-9_.-]", "_", base) or "folder")
+
+    @property
+    def out_dir(self) -> str:
+        return self.out or self.runs
+
+    @property
+    def cache_path(self) -> str:
+        return self.cache_dir or os.path.join(self.runs, ".cache")

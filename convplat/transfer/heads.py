@@ -1,0 +1,290 @@
+"""New softmax heads on frozen features (ZFNet §5.2: "train a new softmax classifier on top").
+
+A head is multinomial logistic regression, ``softmax(W x + b)``, fitted on features that are
+standardised with the training split's mean and standard deviation, with an L2 penalty
+``weight_decay / 2 * ||W||^2`` on the weights (not the bias). L-BFGS solves the convex problem
+in full batch (default); SGD with momentum is the alternative. The weight decay is chosen from
+a small grid on a held-out part of the train split, then the head is refitted on the whole
+split. The returned ``nn.Linear`` has the standardisation folded in, so it takes raw features.
+
+Features come as ``(V, N, D)``: V views of N images (V = 2 with the flip augmentation). Every
+view is a training sample; predictions average the views' softmax outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convplat.transfer.protocol import holdout_split, mean_class_accuracy
+
+EPS = 1e-6
+# Below this many multiply-adds per pass, one thread is faster: on a busy 2-core machine,
+# intra-op threads on tiny matrices cost 10-100x (measured: 18 s vs 0.2 s for an SGD head).
+SMALL_WORK = 20_000_000
+
+
+@contextlib.contextmanager
+def threads_for(work: int) -> Iterator[None]:
+    """Run small problems single-threaded; leave torch's thread count alone for large ones."""
+    previous = torch.get_num_threads()
+    if work >= SMALL_WORK or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass
+class HeadFit:
+    """A fitted head: ``linear`` on raw features, the chosen weight decay and the grid scores
+    (``{weight_decay: (held-out mean per-class accuracy, held-out NLL)}``)."""
+
+    linear: nn.Linear
+    weight_decay: float
+    scores: dict[float, tuple[float, float]] = field(default_factory=dict)
+
+
+def as_views(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(N, D)`` or ``(V, N, D)`` -> float32 tensor ``(V, N, D)``."""
+    x = torch.as_tensor(features, dtype=torch.float32)
+    if x.ndim == 2:
+        x = x.unsqueeze(0)
+    if x.ndim != 3:
+        raise ValueError(f"expected features (N, D) or (V, N, D), got {tuple(x.shape)}")
+    return x
+
+
+def standardizer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation over every row of ``(..., D)`` features.
+
+    Dimensions that never vary (dead ReLUs) get std 1, so they stay 0 and cost nothing.
+    """
+    flat = x.reshape(-1, x.shape[-1]).double()
+    mean = flat.mean(0)
+    std = flat.std(0, unbiased=False)
+    std = torch.where(std > EPS, std, torch.ones_like(std))
+    return mean.float(), std.float()
+
+
+def fold(linear: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> nn.Linear:
+    """The same head on raw features: ``W (x - m) / s + b = (W / s) x + (b - (W / s) m)``.
+
+    The result lives on the CPU, whatever device the head was fitted on.
+    """
+    weight = linear.weight.detach().cpu().double() / std.cpu().double()
+    bias = linear.bias.detach().cpu().double() - weight @ mean.cpu().double()
+    out = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        out.weight.copy_(weight.float())
+        out.bias.copy_(bias.float())
+    return out.requires_grad_(False)
+
+
+def _objective(x, y, weight, bias, weight_decay):
+    return F.cross_entropy(x @ weight.T + bias, y) + 0.5 * weight_decay * weight.pow(2).sum()
+
+
+def train_softmax(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    weight_decay: float,
+    *,
+    optimizer: str = "lbfgs",
+    iters: int = 200,
+    init: nn.Linear | None = None,
+    lr: float = 0.1,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> nn.Linear:
+    """Fit ``softmax(W x + b)`` to ``x (n, D)``, ``y (n,)`` by minimising the mean cross-entropy
+    plus ``weight_decay / 2 * ||W||^2``.
+
+    Args:
+        optimizer: ``lbfgs`` (full batch, strong-Wolfe line search, ``iters`` iterations at
+            most; deterministic) or ``sgd`` (``iters`` epochs of momentum-0.9 SGD with a
+            cosine learning-rate decay from ``lr``, seeded batch order).
+        init: warm start (e.g. the solution at a neighbouring weight decay); zeros otherwise.
+    """
+    x = x.float()
+    y = y.long()
+    dim = x.shape[1]
+    zeros = {"device": x.device, "dtype": torch.float32}
+    weight = (
+        torch.zeros(num_classes, dim, **zeros) if init is None else init.weight.detach().clone()
+    )
+    bias = torch.zeros(num_classes, **zeros) if init is None else init.bias.detach().clone()
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    if optimizer == "lbfgs":
+        opt = torch.optim.LBFGS(
+            [weight, bias],
+            lr=1.0,
+            max_iter=iters,
+            history_size=20,
+            tolerance_grad=1e-6,
+            tolerance_change=1e-9,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure():
+            opt.zero_grad()
+            loss = _objective(x, y, weight, bias, weight_decay)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    elif optimizer == "sgd":
+        generator = torch.Generator().manual_seed(seed)
+        order = (torch.randperm(len(y), generator=generator).to(x.device) for _ in range(iters))
+        batches = (
+            (x[perm[i : i + batch_size]], y[perm[i : i + batch_size]])
+            for perm in order
+            for i in range(0, len(y), batch_size)
+        )
+        head = nn.Linear(dim, num_classes, device=x.device)
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+        sgd_train(
+            head,
+            batches,
+            steps=iters * math.ceil(len(y) / batch_size),
+            lr=lr,
+            weight_decay=weight_decay,
+        )
+        return head.requires_grad_(False)
+    else:
+        raise ValueError(f"expected optimizer lbfgs or sgd, got {optimizer!r}")
+    head = nn.Linear(dim, num_classes, device=x.device)
+    with torch.no_grad():
+        head.weight.copy_(weight.detach())
+        head.bias.copy_(bias.detach())
+    return head.requires_grad_(False)
+
+
+def sgd_train(
+    head: nn.Linear,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    steps: int,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> nn.Linear:
+    """Momentum SGD on ``head`` over ``steps`` batches of ``(inputs, labels)``, cosine-decayed lr.
+
+    ``features`` maps a batch's inputs to head inputs first (e.g. a frozen backbone run every
+    epoch - the slow way benchmarks/transfer.py compares against); default: inputs are features.
+    The loss is the same objective as L-BFGS's (mean cross-entropy + L2 on the weights).
+    """
+    head.requires_grad_(True)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum)
+    for step, (inputs, labels) in enumerate(batches):
+        if step >= steps:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        if features is not None:
+            with torch.no_grad():
+                inputs = features(inputs)
+        opt.zero_grad(set_to_none=True)
+        loss = _objective(inputs, labels, head.weight, head.bias, weight_decay)
+        loss.backward()
+        opt.step()
+    return head.requires_grad_(False)
+
+
+@torch.no_grad()
+def predict_proba(linear: nn.Linear, features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Softmax outputs ``(N, C)`` averaged over the views of ``(V, N, D)`` (or ``(N, D)``)."""
+    views = as_views(features).to(linear.weight.device)
+    return torch.softmax(views @ linear.weight.T + linear.bias, dim=-1).mean(0).cpu()
+
+
+def _flat(views: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every view of every image as a training row."""
+    v = views.shape[0]
+    return views.reshape(-1, views.shape[-1]), y.repeat(v)
+
+
+def fit_head(
+    features: np.ndarray | torch.Tensor,
+    labels: Sequence[int] | np.ndarray,
+    num_classes: int,
+    *,
+    weight_decays: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0),
+    holdout: float = 0.2,
+    optimizer: str = "lbfgs",
+    iters: int = 200,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> HeadFit:
+    """Fit a softmax head with the weight decay chosen on a held-out part of the train images.
+
+    Args:
+        features: the train split's features, ``(N, D)`` or ``(V, N, D)``.
+        labels: their classes ``(N,)``.
+        weight_decays: the grid; one value (or ``holdout == 0``, or no class with 2 train
+            images) skips the selection.
+        holdout: fraction of each class's train images held out to score the grid (the
+            held-out mean per-class accuracy; ties go to the lower held-out cross-entropy).
+        seed: for the held-out draw and SGD's batch order.
+        device: where to fit (a GPU helps on Caltech-256 sizes); the result is on the CPU.
+
+    Returns:
+        The head refitted on every train image at the chosen weight decay, as raw-feature
+        ``nn.Linear`` (standardisation folded in).
+    """
+    views = as_views(features).to(device)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if views.shape[1] != len(y):
+        raise ValueError(f"expected {views.shape[1]} labels, got {len(y)}")
+    y = y.to(device)
+    with threads_for(views.shape[0] * views.shape[1] * views.shape[2] * num_classes):
+        return _fit_head(views, y, num_classes, weight_decays, holdout, optimizer, iters, seed)
+
+
+def _fit_head(views, y, num_classes, weight_decays, holdout, optimizer, iters, seed) -> HeadFit:
+    grid = sorted({float(w) for w in weight_decays}, reverse=True)  # strong to weak: warm starts
+    opts = {"optimizer": optimizer, "iters": iters, "seed": seed}
+    scores: dict[float, tuple[float, float]] = {}
+    chosen = grid[0]
+    fit_idx, held_idx = holdout_split(y.cpu().numpy(), holdout, np.random.default_rng([seed, 7]))
+    fit_idx, held_idx = (torch.from_numpy(i).to(views.device) for i in (fit_idx, held_idx))
+    if len(grid) > 1 and len(held_idx) > 0:
+        fit_views, held_views = views[:, fit_idx], views[:, held_idx]
+        mean, std = standardizer(fit_views)
+        x_fit, y_fit = _flat((fit_views - mean) / std, y[fit_idx])
+        held_std = (held_views - mean) / std
+        y_held = y[held_idx]
+        previous = None
+        heads = {}
+        for wd in grid:
+            head = train_softmax(x_fit, y_fit, num_classes, wd, init=previous, **opts)
+            previous = heads[wd] = head
+            proba = predict_proba(head, held_std)
+            y_cpu = y_held.cpu()
+            accuracy, _ = mean_class_accuracy(proba.argmax(1).numpy(), y_cpu.numpy(), num_classes)
+            nll = float(F.nll_loss(proba.clamp_min(1e-12).log(), y_cpu))
+            scores[wd] = (accuracy, nll)
+        chosen = max(grid, key=lambda wd: (scores[wd][0], -scores[wd][1]))
+        init = heads[chosen]  # a warm start for the refit on every train image
+    else:
+        init = None
+    mean, std = standardizer(views)
+    x_all, y_all = _flat((views - mean) / std, y)
+    head = train_softmax(x_all, y_all, num_classes, chosen, init=init, **opts)
+    return HeadFit(fold(head, mean, std), chosen, scores)
