@@ -180,3 +180,25 @@ def test_unknown_model_and_missing_shards_fail_cleanly(capsys, tmp_path):
     assert "choose one of" in capsys.readouterr().err
     assert main(["train", "alexnet", "--data", str(tmp_path / "none")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_visualize_commands_on_a_trained_run(trained, tmp_path):
+    from conftest import jpeg_bytes
+    from PIL import Image
+
+    from convplat.cli.main import main
+
+    image = tmp_path / "photo.JPEG"
+    image.write_bytes(jpeg_bytes(300, 260, seed=7))
+    run = str(trained)
+    assert main(["visualize", "filters", run]) == 0
+    assert main(["visualize", "occlusion", run, str(image), "--stride", "48"]) == 0
+    assert main(["visualize", "deconv", run, "--layer", "2", "--maps", "1,2"]) == 0
+    assert main(["visualize", "evolution", run, "--layer", "1", "--maps", "0"]) == 0
+    pictures = sorted(p.name for p in (trained / "visualize").glob("*.png"))
+    assert pictures == ["deconv-layer2.png", "evolution-layer1.png", "filters.png",
+                        "occlusion-photo.png"]
+    for name in pictures:
+        with Image.open(trained / "visualize" / name) as picture:
+            assert picture.width >= 20 and picture.height >= 20
+            assert len(set(picture.convert("L").getdata())) > 10  # not blank

@@ -370,6 +370,84 @@ def transfer(
     print(f"results written to {results['run_dir']}")
 
 
+visualize_app = typer.Typer(
+    help="ZFNet visualisations: deconvnet, occlusion, filters, evolution.", no_args_is_help=True
+)
+app.add_typer(visualize_app, name="visualize")
+
+
+@visualize_app.command("filters")
+def visualize_filters(
+    run: Annotated[str, typer.Argument(help="Run directory.")],
+    out: Annotated[str | None, typer.Option(help="Output folder (default RUN/visualize).")] = None,
+    weights: Annotated[str, typer.Option(help="final, best or latest.")] = "final",
+) -> None:
+    """First-layer filters as an image grid (PNG)."""
+    from convplat.visualize import cli_commands as viz
+
+    print(viz.run_filters(run, out=out, weights=weights))
+
+
+@visualize_app.command("occlusion")
+def visualize_occlusion(
+    run: Annotated[str, typer.Argument(help="Run directory.")],
+    image: Annotated[str, typer.Argument(help="A raw image file.")],
+    size: Annotated[int, typer.Option(help="Grey square side in pixels.")] = 32,
+    stride: Annotated[int, typer.Option(help="Step between squares.")] = 8,
+    label: Annotated[int | None, typer.Option(help="Correct class (default: predicted).")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder.")] = None,
+    weights: Annotated[str, typer.Option(help="final, best or latest.")] = "final",
+) -> None:
+    """Grey-square occlusion: true-class probability, strongest layer-5 map, top label (PNG)."""
+    from convplat.visualize import cli_commands as viz
+
+    print(
+        viz.run_occlusion(
+            run, image, size=size, stride=stride, label=label, out=out, weights=weights
+        )
+    )
+
+
+@visualize_app.command("deconv")
+def visualize_deconv(
+    run: Annotated[str, typer.Argument(help="Run directory.")],
+    layer: Annotated[int, typer.Option(help="Conv layer 1-5.")],
+    maps: Annotated[
+        str | None, typer.Option(help="Feature maps, e.g. 3,17,40 (default 8 random).")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Shards (default: the run's).")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder.")] = None,
+    weights: Annotated[str, typer.Option(help="final, best or latest.")] = "final",
+) -> None:
+    """Top-9 activations per feature map projected to pixels beside their patches (PNG)."""
+    from convplat.visualize import cli_commands as viz
+
+    print(
+        viz.run_deconv(run, layer, maps=viz.parse_maps(maps), data=data, out=out, weights=weights)
+    )
+
+
+@visualize_app.command("evolution")
+def visualize_evolution(
+    run: Annotated[str, typer.Argument(help="Run directory with epoch checkpoints.")],
+    layer: Annotated[int, typer.Option(help="Conv layer 1-5.")],
+    maps: Annotated[str, typer.Option(help="Feature maps, e.g. 3,17,40.")],
+    data: Annotated[str | None, typer.Option(help="Shards (default: the run's).")] = None,
+    epochs: Annotated[
+        str | None, typer.Option(help="Epochs, e.g. 1,2,5 (default: all saved).")
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder.")] = None,
+) -> None:
+    """The strongest activation's projection per feature map across epoch checkpoints (PNG)."""
+    from convplat.visualize import cli_commands as viz
+
+    print(
+        viz.run_evolution(
+            run, layer, viz.parse_maps(maps), data=data, out=out, epochs=viz.parse_maps(epochs)
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the typer app, turning user mistakes into one line and exit 2."""
     command = typer.main.get_command(app)

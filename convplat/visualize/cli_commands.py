@@ -1,0 +1,190 @@
+"""What the ``convplat visualize`` commands call: load a run, compute, write PNGs.
+
+Each function writes into ``<run>/visualize/`` (or ``out``) and returns the written path;
+the typer commands in ``convplat/cli`` only parse arguments and print that path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from convplat.errors import ConvplatError
+from convplat.storage import resolve
+from convplat.visualize.occlusion import occlusion
+from convplat.visualize.plots import filters_png, occlusion_png
+
+OUT_DIR = "visualize"
+
+
+def _write(run: str, out: str | None, name: str, data: bytes) -> str:
+    location = resolve(out if out is not None else resolve(run).join(OUT_DIR))
+    location.write_bytes(name, data)
+    return location.join(name)
+
+
+def preprocess(image_bytes: bytes, config: dict, size: int) -> torch.Tensor:
+    """A raw image file as the run saw validation images: shorter side to the stats' frame
+    (256), centre crop, centre ``size`` crop, mean subtraction, ``input_scale``; (3, size, size).
+    """
+    from convplat.pipeline.image import process_image
+    from convplat.training.augment import BatchTransform, center_window, windows_tensor
+    from convplat.training.data import load_stats
+
+    stats = load_stats(config["data"])
+    frame = int(stats["mean"].shape[0])
+    pixels = process_image(image_bytes, frame).pixels  # (frame, frame, 3) uint8
+    top, left, flip = center_window(pixels.shape[0], pixels.shape[1], size)
+    crop = torch.from_numpy(pixels[top : top + size, left : left + size].copy())[None]
+    transform = BatchTransform.from_stats(
+        stats, lighting_std=0.0, input_scale=config.get("input_scale", 1.0)
+    ).eval()
+    return transform(crop, windows_tensor([(top, left, flip)]), lighting=False)[0]
+
+
+def run_filters(run: str, out: str | None = None, weights: str = "final") -> str:
+    """``convplat visualize filters RUN``: first-layer filters -> ``filters.png``."""
+    from convplat.training.checkpoints import load_run_model
+
+    model, _ = load_run_model(run, weights=weights)
+    return _write(run, out, "filters.png", filters_png(model))
+
+
+def run_occlusion(
+    run: str,
+    image_path: str,
+    size: int = 32,
+    stride: int = 8,
+    label: int | None = None,
+    out: str | None = None,
+    weights: str = "final",
+    batch_size: int = 64,
+) -> str:
+    """``convplat visualize occlusion RUN IMAGE``: Fig. 7 maps -> ``occlusion-<image>.png``."""
+    from convplat.training.checkpoints import load_run_model
+
+    path = Path(image_path)
+    if not path.is_file():
+        raise ConvplatError(f"expected an image file, got {image_path!r} (no such file)")
+    model, config = load_run_model(run, weights=weights)
+    image = preprocess(path.read_bytes(), config, model.input_size)
+    if label is not None and not 0 <= label < model.num_classes:
+        raise ConvplatError(f"expected --label in 0..{model.num_classes - 1}, got {label}")
+    maps = occlusion(model, image, label, size=size, stride=stride, batch_size=batch_size)
+    return _write(run, out, f"occlusion-{path.stem}.png", occlusion_png(image, maps))
+
+
+def val_batches(run_config: dict, size: int, batch_size: int, data: str | None = None):
+    """Validation images of a run's shards as (B, 3, size, size) model inputs, centre crops."""
+    from convplat.training.augment import BatchTransform
+    from convplat.training.data import eval_loader, load_stats
+
+    shards = data or run_config["data"]
+    transform = BatchTransform.from_stats(
+        load_stats(shards), lighting_std=0.0, input_scale=run_config.get("input_scale", 1.0)
+    ).eval()
+    loader = eval_loader(shards, "val", batch_size=batch_size, crop_size=size, mode="center")
+    for images, _labels, windows in loader:
+        yield transform(images, windows, lighting=False)
+
+
+def run_deconv(
+    run: str,
+    layer: int,
+    maps: list[int] | None = None,
+    data: str | None = None,
+    out: str | None = None,
+    weights: str = "final",
+    batch_size: int = 32,
+    count: int = 8,
+    seed: int = 0,
+) -> str:
+    """``convplat visualize deconv RUN --layer L [--maps …] [--data …]``: the top-9
+    activations of each feature map over the validation shards, projected (Fig. 2 style)
+    -> ``deconv-layer<L>.png``. Without ``maps``, ``count`` random maps (ZFNet: "a random
+    subset of feature maps")."""
+    from convplat.training.checkpoints import load_run_model
+    from convplat.visualize.deconv import conv_layers
+    from convplat.visualize.plots import deconv_figure, png_bytes
+    from convplat.visualize.top import top_activations
+
+    model, config = load_run_model(run, weights=weights)
+    convs = conv_layers(model)
+    if not 1 <= layer <= len(convs):
+        raise ConvplatError(f"expected --layer in 1..{len(convs)}, got {layer}")
+    width = model.features[convs[layer - 1]].out_channels
+    if maps is None:
+        generator = torch.Generator().manual_seed(seed)
+        maps = sorted(torch.randperm(width, generator=generator)[:count].tolist())
+    bad = [m for m in maps if not 0 <= m < width]
+    if bad:
+        raise ConvplatError(f"expected --maps in 0..{width - 1} for layer {layer}, got {bad}")
+    batches = val_batches(config, model.input_size, batch_size, data)
+    tops = top_activations(model, batches, layer, maps, k=9)
+    if not all(tops.values()):
+        raise ConvplatError("no validation images found in the shards")
+    figure = deconv_figure(model, tops, layer)
+    return _write(run, out, f"deconv-layer{layer}.png", png_bytes(figure, scale=2))
+
+
+def epoch_checkpoints(run: str) -> list[tuple[int, str]]:
+    """(epoch, weights file name relative to the run) for every saved ``epoch-NNN`` checkpoint."""
+    from pyarrow import fs as pafs
+
+    from convplat.training.checkpoints import CHECKPOINTS, FINAL_WEIGHTS
+
+    location = resolve(run)
+    selector = pafs.FileSelector(location.join(CHECKPOINTS), allow_not_found=True)
+    found = []
+    for info in location.fs.get_file_info(selector):
+        name = info.base_name
+        if info.type == pafs.FileType.Directory and name.startswith("epoch-"):
+            weights = f"{CHECKPOINTS}/{name}/{FINAL_WEIGHTS}"
+            if name[6:].isdigit() and location.exists(weights):
+                found.append((int(name[6:]), weights))
+    return sorted(found)
+
+
+def run_evolution(
+    run: str,
+    layer: int,
+    maps: list[int],
+    data: str | None = None,
+    out: str | None = None,
+    epochs: list[int] | None = None,
+    batch_size: int = 32,
+) -> str:
+    """``convplat visualize evolution RUN --layer L --maps …``: the strongest activation's
+    projection per feature map at each saved epoch (Fig. 4 style) -> ``evolution-layer<L>.png``
+    (columns = epochs in order, rows = maps)."""
+    from convplat.training.checkpoints import load_weights, read_run_config
+    from convplat.training.models import create_model
+    from convplat.visualize.plots import evolution_figure, png_bytes
+
+    config = read_run_config(run)
+    checkpoints = epoch_checkpoints(run)
+    if epochs is not None:
+        checkpoints = [(e, w) for e, w in checkpoints if e in set(epochs)]
+    if not checkpoints:
+        raise ConvplatError(f"{run} has no epoch checkpoints{' for those epochs' * bool(epochs)}")
+    location = resolve(run)
+    models = []
+    for _, weights in checkpoints:
+        model = create_model(config["model"], num_classes=config["num_classes"])
+        models.append(load_weights(model, location.read_bytes(weights)).eval())
+    size = models[0].input_size
+    figure = evolution_figure(
+        models, lambda: val_batches(config, size, batch_size, data), layer, maps
+    )
+    return _write(run, out, f"evolution-layer{layer}.png", png_bytes(figure, scale=2))
+
+
+def parse_maps(text: str | None) -> list[int] | None:
+    """``--maps 3,17,40`` -> [3, 17, 40]; None or "" -> None."""
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConvplatError(f"expected --maps as comma-separated integers, got {text!r}") from None

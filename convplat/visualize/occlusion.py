@@ -1,0 +1,97 @@
+"""Occlusion sensitivity (Zeiler & Fergus 2014 §4.2, Fig. 7): slide a grey square over the image.
+
+The grey square is the mean image, i.e. zero in the mean-subtracted model input. For every
+occluder position we record (b) the total activation of the last conv layer's feature map that
+is strongest on the unoccluded image, (d) the probability of the chosen class and (e) the most
+probable label. Occluded copies are evaluated in batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def occluder_positions(side: int, size: int, stride: int) -> list[int]:
+    """Top (or left) coordinates of the square along one axis: 0, stride, … while it fits."""
+    if not 1 <= size <= side:
+        raise ValueError(f"expected an occluder size in 1..{side}, got {size}")
+    if stride < 1:
+        raise ValueError(f"expected stride >= 1, got {stride}")
+    return list(range(0, side - size + 1, stride))
+
+
+def _scores(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last conv ReLU maps (B, C, h, w) and class probabilities (B, classes)."""
+    maps = model.forward_features(images, pool=False)
+    logits = model.forward_head(model.final_pool(maps))
+    return maps, logits.softmax(dim=1)
+
+
+def occluded_batch(
+    image: torch.Tensor, corners: list[tuple[int, int]], size: int, fill: float = 0.0
+) -> torch.Tensor:
+    """(N, 3, H, W) copies of ``image`` (3, H, W), copy n with a square at ``corners[n]``."""
+    batch = image.unsqueeze(0).repeat(len(corners), 1, 1, 1)
+    for n, (top, left) in enumerate(corners):
+        batch[n, :, top : top + size, left : left + size] = fill
+    return batch
+
+
+@torch.inference_mode()
+def occlusion(
+    model: nn.Module,
+    image: torch.Tensor,
+    label: int | None = None,
+    size: int = 32,
+    stride: int = 8,
+    batch_size: int = 64,
+) -> dict[str, np.ndarray | int]:
+    """Occlusion maps over square positions for one (3, H, W) float model input.
+
+    Args:
+        label: the class whose probability is mapped ("correct class"); None uses the class
+            the model predicts on the unoccluded image.
+        size, stride: the square's side and step in input pixels (the paper gives neither).
+        batch_size: occluded copies per forward pass (1 = one pass per position).
+    Returns:
+        ``prob`` (ny, nx) probability of ``label``; ``feature`` (ny, nx) total activation of
+        feature map ``channel`` (the strongest on the unoccluded image); ``label`` (ny, nx)
+        argmax class; ``tops``/``lefts`` the square's corners, ``size`` its side; ``channel``
+        and ``target`` (the class used for ``prob``). Position (i, j) is the square at
+        (tops[i], lefts[j]).
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image of shape (3, H, W), got {tuple(image.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1, got {batch_size}")
+    was_training = model.training
+    model.eval()  # dropout off
+    try:
+        maps, probs = _scores(model, image[None])
+        channel = int(maps[0].sum(dim=(1, 2)).argmax())
+        target = int(probs[0].argmax()) if label is None else int(label)
+        tops = occluder_positions(image.shape[1], size, stride)
+        lefts = occluder_positions(image.shape[2], size, stride)
+        corners = [(t, left) for t in tops for left in lefts]
+        prob, feature, best = [], [], []
+        for start in range(0, len(corners), batch_size):
+            chunk = occluded_batch(image, corners[start : start + batch_size], size)
+            maps, probs = _scores(model, chunk)
+            prob.append(probs[:, target])
+            feature.append(maps[:, channel].sum(dim=(1, 2)))
+            best.append(probs.argmax(dim=1))
+    finally:
+        model.train(was_training)
+    shape = (len(tops), len(lefts))
+    return {
+        "prob": torch.cat(prob).reshape(shape).float().cpu().numpy(),
+        "feature": torch.cat(feature).reshape(shape).float().cpu().numpy(),
+        "label": torch.cat(best).reshape(shape).cpu().numpy(),
+        "tops": np.asarray(tops),
+        "lefts": np.asarray(lefts),
+        "channel": channel,
+        "target": target,
+        "size": size,
+    }
