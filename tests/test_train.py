@@ -117,14 +117,23 @@ def test_resume_continues_at_next_epoch_with_same_schedule(trained, shards):
 
 
 def _kill_rank_after(run: Path, checkpoint: str, rank: int, killed: list) -> None:
-    """Once ``checkpoint`` is the latest, SIGKILL the process of ``rank`` (from events.jsonl)."""
+    """Once Ray Train has registered ``checkpoint``, SIGKILL the process of ``rank``.
+
+    Registered means listed in the controller's checkpoint_manager_snapshot.json: a worker
+    that dies before that restarts from the previous checkpoint (or from scratch).
+    """
     import os
     import signal
 
     deadline = time.monotonic() + 240
-    latest, events = run / "checkpoints" / "latest", run / "events.jsonl"
+    snapshot = run / "checkpoints" / "checkpoint_manager_snapshot.json"
+    events = run / "events.jsonl"
     while time.monotonic() < deadline:
-        if latest.is_file() and latest.read_text().strip() == checkpoint:
+        try:
+            registered = json.loads(snapshot.read_text())["checkpoint_results"]
+        except (OSError, ValueError, KeyError):
+            registered = []
+        if any(r.get("checkpoint_dir_name") == checkpoint for r in registered):
             starts = [json.loads(line) for line in events.read_text().splitlines()]
             pid = [e for e in starts if e["event"] == "start"][-1]["pids"][rank]
             os.kill(pid, signal.SIGKILL)
@@ -201,4 +210,4 @@ def test_visualize_commands_on_a_trained_run(trained, tmp_path):
     for name in pictures:
         with Image.open(trained / "visualize" / name) as picture:
             assert picture.width >= 20 and picture.height >= 20
-            assert len(set(picture.convert("L").getdata())) > 10  # not blank
+            assert len(set(picture.convert("L").tobytes())) > 10  # not blank
