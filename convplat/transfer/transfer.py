@@ -276,22 +276,20 @@ def _head_split(
     )
     predictions = predict_proba(fit.linear, features[:, split.test]).argmax(1).numpy()
     truth = labels[split.test]
-    accuracy, per_class = mean_class_accuracy(predictions, truth, num_classes)
-    return {
-        "split": split.index,
-        "accuracy": accuracy,
-        "per_class": per_class,
-        "train": int(len(split.train)),
-        "test": int(len(split.test)),
-        "weight_decay": fit.weight_decay,
-        "holdout_scores": {
+    return _split_record(
+        split,
+        predictions,
+        truth,
+        num_classes,
+        tick,
+        weight_decay=fit.weight_decay,
+        holdout_scores={
             f"{wd:g}": [round(a, 4), round(nll, 4)] for wd, (a, nll) in fit.scores.items()
         },
-        "seconds": round(time.perf_counter() - tick, 3),
-        "weight": fit.linear.weight.detach().contiguous(),
-        "bias": fit.linear.bias.detach().contiguous(),
-        "confusion": confusion_matrix(predictions, truth, num_classes),
-    }
+        weight=fit.linear.weight.detach().contiguous(),
+        bias=fit.linear.bias.detach().contiguous(),
+        confusion=confusion_matrix(predictions, truth, num_classes),
+    )
 
 
 def _network_split(
@@ -332,16 +330,26 @@ def _network_split(
         batch_size=config.extract_batch_size,
         device=device,
     )
-    accuracy, per_class = mean_class_accuracy(
-        proba.argmax(1).numpy(), labels[split.test], num_classes
+    return _split_record(
+        split,
+        proba.argmax(1).numpy(),
+        labels[split.test],
+        num_classes,
+        tick,
+        epochs=config.epochs,
     )
+
+
+def _split_record(split: Split, predictions, truth, num_classes: int, tick: float, **extra) -> dict:
+    """One split's result: mean per-class accuracy, sizes, time, and mode-specific extras."""
+    accuracy, per_class = mean_class_accuracy(predictions, truth, num_classes)
     return {
         "split": split.index,
         "accuracy": accuracy,
         "per_class": per_class,
         "train": int(len(split.train)),
         "test": int(len(split.test)),
-        "epochs": config.epochs,
+        **extra,
         "seconds": round(time.perf_counter() - tick, 3),
     }
 
