@@ -104,13 +104,17 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 
 def newest_run(runs_dir: str = "runs", prefix: str = "") -> str:
-    """The most recently modified run under ``runs_dir`` that has final weights."""
+    """The most recently modified ImageNet classification run under ``runs_dir``.
+
+    Runs of other tasks (a detector's ``config.json`` says ``"task": "detect"``) are skipped:
+    their output layer has a background class, so evaluate/transfer must not pick them up.
+    """
     root = Path(runs_dir)
     candidates = (
         [
             p
             for p in root.glob(f"{prefix}*")
-            if (p / FINAL_WEIGHTS).is_file() and (p / "config.json").is_file()
+            if (p / FINAL_WEIGHTS).is_file() and _is_classifier_run(p / "config.json")
         ]
         if root.is_dir()
         else []
@@ -121,6 +125,14 @@ def newest_run(runs_dir: str = "runs", prefix: str = "") -> str:
             f"{FINAL_WEIGHTS}); run `convplat train` first or pass --checkpoint"
         )
     return str(max(candidates, key=lambda p: (p / FINAL_WEIGHTS).stat().st_mtime))
+
+
+def _is_classifier_run(config: Path) -> bool:
+    try:
+        task = json.loads(config.read_text()).get("task", "classify")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return task == "classify"
 
 
 def load_run_model(run_dir: str, weights: str = "final") -> tuple[nn.Module, dict]:

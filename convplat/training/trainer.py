@@ -59,11 +59,6 @@ def fit(config: TrainConfig, resume: str | None = None) -> str:
     With ``resume`` (a run directory; pass :func:`resume_config` as ``config``), training
     continues at the epoch after the run's latest checkpoint, with the identical schedule.
     """
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchTrainer
-    from ray.util.queue import Queue
-
     from convplat.training.data import read_manifest
 
     if resume:
@@ -95,21 +90,45 @@ def fit(config: TrainConfig, resume: str | None = None) -> str:
     }
     write_json(run, "config.json", record)
 
-    ensure_ray(config.address)
-    scaling = _scaling(config)
-    progress = Queue(actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
+    run_trainer(
         train_loop_per_worker,
-        train_loop_config={
+        {
             "config": dataclasses.asdict(config),
             "run_dir": run.uri,
             "num_classes": len(manifest["classes"]),
-            "progress": progress,
         },
+        config,
+        storage=run.uri,
+    )
+    return run.uri
+
+
+def run_trainer(loop, loop_config: dict, config, storage: str, what: str = "training") -> None:
+    """Run ``loop`` on every Ray Train worker (TorchTrainer, DDP) and wait for it.
+
+    The one place that wires Ray Train for convplat's trainers (classification, localization,
+    detection): checkpoints under ``<storage>/checkpoints`` (so constructing it again with the
+    same storage resumes, as Ray Train V2 wants), ``--max-failures`` restarts, rank 0's progress
+    drained into a bar here (``loop_config["progress"]`` is the queue), and a failure turned
+    into one :class:`TrainingError` line. ``config`` needs TrainConfig's field names for
+    address, gpus, world_size, cpus_per_worker, max_failures, keep_checkpoints, epochs and
+    progress.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    ensure_ray(config.address)
+    scaling = scaling_config(config)
+    progress = Queue(actor_options={"num_cpus": 0})
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={**loop_config, "progress": progress},
         scaling_config=scaling,
         run_config=RunConfig(
             name=CHECKPOINTS,
-            storage_path=run.uri,
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
         ),
@@ -131,11 +150,10 @@ def fit(config: TrainConfig, resume: str | None = None) -> str:
     except Exception:  # noqa: BLE001 - the queue actor may already be gone
         pass
     if "error" in outcome:
-        raise TrainingError(f"training failed: {_root_cause(outcome['error'])}") from None
-    return run.uri
+        raise TrainingError(f"{what} failed: {_root_cause(outcome['error'])}") from None
 
 
-def _scaling(config: TrainConfig):
+def scaling_config(config: TrainConfig):
     import ray
     from ray.train import ScalingConfig
 
@@ -288,16 +306,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
             meta = load_training_state(directory, model, optimizer, scheduler)
         start_epoch, history, best = meta["epoch"] + 1, meta["history"], meta.get("best")
         if rank == 0:
-            _send(queue, "event", f"resumed from checkpoint epoch {meta['epoch']}")
-            _append_event(
-                run, {"event": "resume", "from_epoch": meta["epoch"], "time": time.time()}
-            )
+            send_progress(queue, "event", f"resumed from checkpoint epoch {meta['epoch']}")
+            append_event(run, {"event": "resume", "from_epoch": meta["epoch"], "time": time.time()})
 
     pids = [os.getpid()] * world
     if distributed:
         dist.all_gather_object(pids, os.getpid())
     if rank == 0:
-        _append_event(
+        append_event(
             run,
             {
                 "event": "start",
@@ -347,7 +363,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if config.limit_train_batches:
             total = min(total, config.limit_train_batches)
             batches = islice(batches, total)
-        on_step = _step_reporter(queue, epoch, total) if rank == 0 else None
+        on_step = step_reporter(queue, epoch, total) if rank == 0 else None
         train = train_one_epoch(
             net,
             batches,
@@ -417,7 +433,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             )
         if rank == 0:
             _write_epoch_outputs(run, config, history, model, improved, epoch)
-            _send(queue, "epoch", metrics)
+            send_progress(queue, "epoch", metrics)
     if rank == 0:
         run.write_bytes(FINAL_WEIGHTS, state_dict_bytes(model))
 
@@ -465,24 +481,24 @@ def _write_epoch_outputs(
         write_json(run, "best.json", history[-1])
 
 
-def _append_event(run, event: dict) -> None:
+def append_event(run, event: dict) -> None:
     previous = run.read_bytes("events.jsonl") if run.exists("events.jsonl") else b""
     run.write_bytes("events.jsonl", previous + (json.dumps(event) + "\n").encode())
 
 
-def _step_reporter(queue, epoch: int, total: int):
+def step_reporter(queue, epoch: int, total: int):
     last = [0.0]
 
     def report(step: int, loss: float) -> None:
         now = time.monotonic()
         if now - last[0] >= 0.5 or step + 1 == total:
             last[0] = now
-            _send(queue, "step", (epoch, step + 1, total, loss))
+            send_progress(queue, "step", (epoch, step + 1, total, loss))
 
     return report
 
 
-def _send(queue, kind: str, payload) -> None:
+def send_progress(queue, kind: str, payload) -> None:
     try:
         queue.put_nowait((kind, payload))
     except Exception:  # noqa: BLE001 - progress is best effort; training must not stop for it
