@@ -23,7 +23,16 @@ from convplat.pipeline.demo import (
     make_demo_data,
 )
 
-SMALL = dict(classes=3, train_per_class=4, val_per_class=2, caltech_classes=3, caltech_per_class=6)
+SMALL = dict(
+    classes=3,
+    train_per_class=4,
+    val_per_class=2,
+    caltech_classes=3,
+    caltech_per_class=6,
+    voc_classes=3,
+    voc_train=6,
+    voc_val=4,
+)
 
 
 def _tree_hash(root: Path) -> dict[str, str]:
@@ -223,7 +232,7 @@ def test_caltech_set(folder_set):
 
 
 def test_rerun_replaces_own_output_but_refuses_foreign_dirs(tmp_path):
-    args = dict(classes=2, train_per_class=1, val_per_class=1, caltech_classes=2)
+    args = dict(classes=2, train_per_class=1, val_per_class=1, caltech_classes=2, voc=False)
     make_demo_data(tmp_path, layout="ilsvrc", caltech_per_class=2, progress=True, **args)
     make_demo_data(tmp_path, layout="folder", caltech_per_class=2, **args)
     assert not (tmp_path / "imagenet" / "ILSVRC").exists()  # the stale layout is gone
@@ -263,3 +272,32 @@ def test_default_generation_time(tmp_path, capsys):
     assert summary["imagenet"]["train"] == 1000 and summary["imagenet"]["val"] == 200
     with capsys.disabled():
         print(f"\ndemo-data default set: {summary['seconds']:.1f} s wall, {cpu:.1f} s CPU")
+
+
+def test_voc_tree(folder_set):
+    out, summary = folder_set
+    base = out / "VOCdevkit" / "VOC2012"
+    assert summary["voc2012"] == {
+        "path": str(base),
+        "classes": 3,
+        "train": 6,
+        "val": 4,
+        "objects": summary["voc2012"]["objects"],
+        "difficult": summary["voc2012"]["difficult"],
+    }
+    jpegs = sorted((base / "JPEGImages").iterdir())
+    assert [p.stem for p in jpegs] == [f"2012_{i:06d}" for i in range(1, 11)]
+    main = base / "ImageSets" / "Main"
+    train = (main / "train.txt").read_text().split()
+    val = (main / "val.txt").read_text().split()
+    assert len(train) == 6 and len(val) == 4 and not set(train) & set(val)
+    assert sorted(train + val) == (main / "trainval.txt").read_text().split()
+    objects = 0
+    for p in jpegs:
+        filename, (w, h), boxes = _read_voc(base / "Annotations" / f"{p.stem}.xml")
+        assert filename == p.name and Image.open(p).size == (w, h) and max(w, h) == 500
+        assert all(name in ("aeroplane", "bicycle", "bird") for name, *_ in boxes)
+        objects += len(boxes)
+    assert objects == summary["voc2012"]["objects"] >= 10
+    lines = (main / "bird_val.txt").read_text().splitlines()
+    assert all(re.fullmatch(r"2012_\d{6} (-1| 0| 1)", line) for line in lines)

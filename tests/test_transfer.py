@@ -153,7 +153,10 @@ def test_config_parses_lists_and_resolves_paper_defaults():
 @pytest.mark.parametrize(
     "changes, flag",
     [
-        ({"dataset": "caltech102"}, "DATASET: expected caltech101, caltech256 or folder:PATH"),
+        (
+            {"dataset": "caltech102"},
+            "DATASET: expected caltech101, caltech256, voc2012 or folder:PATH",
+        ),
         ({"modes": "head,finetune"}, "--mode: expected"),
         ({"cuts": "fc8"}, "--cut: expected"),
         ({"train_per_class": "15,x"}, "--train-per-class: expected"),

@@ -1,4 +1,5 @@
-"""Synthetic ImageNet-like and Caltech-101-like datasets for ``convplat demo-data``.
+"""Synthetic ImageNet-like, Caltech-101-like and PASCAL-VOC-2012-like datasets for
+``convplat demo-data``.
 
 Each image shows procedurally drawn objects (one shape x colour per class) on a cluttered
 background, with tight boxes, written in the real archives' layouts (PAPERS.md §4). Output is a
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from convplat.errors import ConfigError
+from convplat.pipeline.readers import VOC_CLASSES
 
 LAYOUTS = ("folder", "ilsvrc")
 JPEG_QUALITY = 90
@@ -185,6 +187,25 @@ def caltech_class_specs(n: int) -> list[ClassSpec]:
                 striped=True,
             )
         )
+    return out
+
+
+# The 20 VOC class names (readers.VOC_CLASSES), each drawn as one of the 20 shapes above in a
+# colour of its own: the demo VOC shares shapes with both other sets, as real VOC shares
+# object kinds with ImageNet.
+VOC_SHAPES = IMAGENET_SHAPES + CALTECH_SHAPES
+VOC_COLOURS = {**IMAGENET_COLOURS, **CALTECH_COLOURS}
+MAX_VOC_CLASSES = len(VOC_CLASSES)
+
+
+def voc_class_specs(n: int = MAX_VOC_CLASSES) -> list[ClassSpec]:
+    """The first ``n`` VOC classes (devkit order), named as the devkit names them."""
+    colours = list(VOC_COLOURS)
+    out = []
+    for k, name in enumerate(VOC_CLASSES[:n]):
+        colour = colours[(7 * k + 3) % len(colours)]
+        out.append(ClassSpec(k, name, f"{name} ({colour} {VOC_SHAPES[k]})", VOC_SHAPES[k],
+                             VOC_COLOURS[colour], striped=k % 3 == 2))  # fmt: skip
     return out
 
 
@@ -363,20 +384,26 @@ def voc_xml(
     size: tuple[int, int],
     boxes: Sequence[Box],
     classes: Sequence[ClassSpec],
+    *,
+    filename: str | None = None,
+    database: str = "ILSVRC_2012",
+    difficult: Sequence[bool] = (),
 ) -> bytes:
-    """A PASCAL-VOC annotation as ImageNet ships it (``filename`` is the stem, no extension)."""
+    """A PASCAL-VOC annotation as ImageNet ships it (``filename`` is the stem, no extension);
+    VOC 2012 itself names the file (``filename="<id>.jpg"``) and flags ``difficult`` objects."""
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = folder
-    ET.SubElement(root, "filename").text = stem
-    ET.SubElement(ET.SubElement(root, "source"), "database").text = "ILSVRC_2012"
+    ET.SubElement(root, "filename").text = stem if filename is None else filename
+    ET.SubElement(ET.SubElement(root, "source"), "database").text = database
     sz = ET.SubElement(root, "size")
     for tag, v in (("width", size[0]), ("height", size[1]), ("depth", 3)):
         ET.SubElement(sz, tag).text = str(v)
     ET.SubElement(root, "segmented").text = "0"
-    for b in boxes:
+    for i, b in enumerate(boxes):
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = classes[b.label].wnid
-        for tag, v in (("pose", "Unspecified"), ("truncated", "0"), ("difficult", "0")):
+        hard = "1" if i < len(difficult) and difficult[i] else "0"
+        for tag, v in (("pose", "Unspecified"), ("truncated", "0"), ("difficult", hard)):
             ET.SubElement(obj, tag).text = v
         bb = ET.SubElement(obj, "bndbox")
         for tag in ("xmin", "ymin", "xmax", "ymax"):
@@ -473,9 +500,14 @@ def make_demo_data(
     caltech_classes: int = 6,
     caltech_per_class: int = 35,
     objects_per_image: int = 1,
+    voc: bool = True,
+    voc_classes: int = MAX_VOC_CLASSES,
+    voc_train: int = 200,
+    voc_val: int = 200,
     progress: bool = False,
 ) -> dict:
-    """Write a synthetic ``out/imagenet`` and ``out/caltech101``; return a short summary.
+    """Write a synthetic ``out/imagenet``, ``out/caltech101`` and (``voc``)
+    ``out/VOCdevkit/VOC2012``; return a short summary.
 
     Args:
         layout: ``folder`` (ImageFolder ``train/<wnid>``, ``val/<wnid>``, VOC XML under
@@ -485,9 +517,13 @@ def make_demo_data(
             about +-30% of it, as in the real set.
         objects_per_image: up to this many objects per ImageNet image, each with a box; the
             image label is the first (largest) one's class.
+        voc, voc_classes, voc_train, voc_val: a VOC 2012 tree with the first ``voc_classes``
+            of the 20 VOC classes present (the per-class files list all 20), 1-3 objects per
+            image, some flagged difficult, and ``voc_train``/``voc_val`` images.
 
     Returns:
-        ``{"out", "seconds", "imagenet": {...}, "caltech101": {...}}`` with paths and counts.
+        ``{"out", "seconds", "imagenet": {...}, "caltech101": {...}, "voc2012": {...}}`` with
+        paths and counts (``voc2012`` only with ``voc``).
 
     Raises:
         ConfigError: an argument is out of range, or an output directory holds data that
@@ -500,6 +536,9 @@ def make_demo_data(
     caltech_classes = _check_int("caltech_classes", caltech_classes, 2, MAX_CALTECH_CLASSES)
     caltech_per_class = _check_int("caltech_per_class", caltech_per_class, 1)
     objects_per_image = _check_int("objects_per_image", objects_per_image, 1, MAX_OBJECTS_PER_IMAGE)
+    voc_classes = _check_int("voc_classes", voc_classes, 2, MAX_VOC_CLASSES)
+    voc_train = _check_int("voc_train", voc_train, 1)
+    voc_val = _check_int("voc_val", voc_val, 1)
     if layout not in LAYOUTS:
         raise ConfigError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
 
@@ -514,6 +553,10 @@ def make_demo_data(
         caltech_classes=caltech_classes,
         caltech_per_class=caltech_per_class,
         objects_per_image=objects_per_image,
+        voc=bool(voc),
+        voc_classes=voc_classes,
+        voc_train=voc_train,
+        voc_val=voc_val,
     )
     plan = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     specs = imagenet_class_specs(classes)
@@ -525,10 +568,13 @@ def make_demo_data(
     cal_counts = np.maximum(1, caltech_per_class + plan.permutation(offsets)).tolist()
     n_background = max(2, caltech_per_class // 2)
     total = classes * (train_per_class + val_per_class) + sum(cal_counts) + n_background
+    total += (voc_train + voc_val) if voc else 0
 
-    imagenet, caltech = out / "imagenet", out / "caltech101"
+    imagenet, caltech, devkit = out / "imagenet", out / "caltech101", out / "VOCdevkit"
     _fresh_dir(imagenet, params)
     _fresh_dir(caltech, params)
+    if voc:
+        _fresh_dir(devkit, params)
     with _progress(progress, total) as advance:
         inet = _write_imagenet(
             imagenet,
@@ -542,12 +588,22 @@ def make_demo_data(
             advance,
         )
         cal = _write_caltech(caltech, cal_specs, seed, cal_counts, n_background, plan, advance)
-    return {
+        voc_summary = None
+        if voc:
+            voc_specs = voc_class_specs(voc_classes)
+            voc_summary = _write_voc(
+                devkit / "VOC2012", voc_specs, seed, voc_train, voc_val, advance
+            )
+    summary = {
         "out": str(out),
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": 0.0,
         "imagenet": inet,
         "caltech101": cal,
     }
+    if voc_summary is not None:
+        summary["voc2012"] = voc_summary
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    return summary
 
 
 def _write_imagenet(
@@ -653,4 +709,65 @@ def _write_caltech(
         "images": sum(counts),
         "grayscale": n_gray,
         "background": n_background,
+    }
+
+
+def _voc_size(rng: np.random.Generator) -> tuple[int, int]:
+    # VOC 2012 images are at most 500 px on the longer side, mostly 500 x 375 or 375 x 500.
+    long, short = 500, int(rng.integers(300, 401))
+    return (long, short) if rng.random() < 0.7 else (short, long)
+
+
+def _write_voc(
+    root: Path,
+    specs: list[ClassSpec],
+    seed: int,
+    n_train: int,
+    n_val: int,
+    advance,
+) -> dict:
+    """``VOCdevkit/VOC2012``: JPEGImages, Annotations (with difficult flags) and the
+    classification lists of ImageSets/Main, for all 20 class names (absent ones are all -1)."""
+    plan = np.random.default_rng(np.random.SeedSequence([seed, 5]))
+    n = n_train + n_val
+    ids = [f"2012_{i:06d}" for i in range(1, n + 1)]
+    # Train and val interleave over the id range, as in the real lists.
+    split_of = dict(zip(ids, plan.permutation(["train"] * n_train + ["val"] * n_val), strict=True))
+    # First (largest) objects cycle over the classes so every present class has images.
+    firsts = plan.permutation(np.arange(n) % len(specs)).tolist()
+    labels: dict[str, list[int]] = {}
+    n_objects = n_difficult = 0
+    for image_id, first in zip(ids, firsts, strict=True):
+        rng = _image_rng(seed, 6, int(image_id[5:]))
+        w, h = _voc_size(rng)
+        img, boxes = draw_sample(rng, specs, first, w, h, objects=3, scale=(0.35, 0.6))
+        # Some objects are flagged difficult, as VOC annotators did for hard-to-see ones; the
+        # first one rarely, so a few images hold a class only as a difficult object (label 0).
+        hard = [bool(rng.random() < (0.1 if i == 0 else 0.3)) for i in range(len(boxes))]
+        _save_jpeg(img, root / "JPEGImages" / f"{image_id}.jpg")
+        xml = voc_xml("VOC2012", image_id, (w, h), boxes, specs, filename=f"{image_id}.jpg",
+                      database="The VOC2012 Database", difficult=hard)  # fmt: skip
+        _write(root / "Annotations" / f"{image_id}.xml", xml)
+        row = [-1] * len(VOC_CLASSES)
+        for box, difficult in zip(boxes, hard, strict=True):
+            row[box.label] = max(row[box.label], 0 if difficult else 1)
+        labels[image_id] = row
+        n_objects += len(boxes)
+        n_difficult += sum(hard)
+        advance()
+    main = root / "ImageSets" / "Main"
+    for split in ("train", "val", "trainval"):
+        members = [i for i in ids if split in ("trainval", split_of[i])]
+        _write(main / f"{split}.txt", "".join(f"{i}\n" for i in members))
+        for c, name in enumerate(VOC_CLASSES):
+            # The devkit's format: "%s %2d" (two spaces before 1 and 0).
+            body = "".join(f"{i} {labels[i][c]:2d}\n" for i in members)
+            _write(main / f"{name}_{split}.txt", body)
+    return {
+        "path": str(root),
+        "classes": len(specs),
+        "train": n_train,
+        "val": n_val,
+        "objects": n_objects,
+        "difficult": n_difficult,
     }

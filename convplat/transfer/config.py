@@ -2,7 +2,8 @@
 
 Defaults follow ZFNet §5.2 (PAPERS.md §2.6): frozen layers 1-7 (``fc7``), a new softmax per
 split, 5 splits, up to 50 test images per class, and the paper's train sizes per dataset
-(Caltech-101: 15 and 30 per class; Caltech-256: 15, 30, 45 and 60).
+(Caltech-101: 15 and 30 per class; Caltech-256: 15, 30, 45 and 60). PASCAL VOC 2012 (§5.3,
+Table 6) has a fixed train/val split instead, so the split settings do not apply to it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from dataclasses import dataclass
 
 from convplat.errors import ConfigError
 
-DATASETS = ("caltech101", "caltech256")  # plus "folder:PATH"
+DATASETS = ("caltech101", "caltech256", "voc2012")  # plus "folder:PATH"
 MODES = ("head", "scratch", "full")
 CUTS = ("fc7", "fc6", "conv5")
 AUGMENTS = ("none", "flip")
 HEAD_OPTIMIZERS = ("lbfgs", "sgd")
 EXECUTORS = ("auto", "local", "ray")
+VOC_LOSSES = ("sigmoid", "softmax")
+VOC_ROOT = os.path.join("data", "VOCdevkit", "VOC2012")
 
 # ZFNet §5.2: Caltech-101 after Fei-Fei et al. (15 or 30 per class), Caltech-256 after Griffin
 # et al. (15, 30, 45, 60). A plain folder gets Caltech-101's.
@@ -27,6 +30,7 @@ DEFAULT_TRAIN_PER_CLASS = {
     "caltech101": (15, 30),
     "caltech256": (15, 30, 45, 60),
     "folder": (15, 30),
+    "voc2012": (),  # the devkit's train/val split
 }
 DEFAULT_WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)
 
@@ -66,8 +70,8 @@ class TransferConfig:
     dataset; after construction it holds the resolved sizes.
     """
 
-    dataset: str = "caltech101"  # caltech101 | caltech256 | folder:PATH
-    data: str | None = None  # dataset root; default data/<dataset> (or PATH of folder:PATH)
+    dataset: str = "caltech101"  # caltech101 | caltech256 | voc2012 | folder:PATH
+    data: str | None = None  # default data/<dataset>, data/VOCdevkit/VOC2012, PATH of folder:
     checkpoint: str | None = None  # run directory or a .safetensors file inside one
     runs: str = "runs"  # where the newest ImageNet run is looked for
     out: str | None = None  # where runs/transfer-<dataset>-<stamp>/ goes (default: runs)
@@ -85,6 +89,9 @@ class TransferConfig:
     weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS  # L2 grid, chosen on a held-out part
     holdout: float = 0.2  # fraction of each class's train images held out to choose it
     head_iters: int = 200  # L-BFGS iterations (lbfgs) or epochs (sgd)
+    # voc2012 (multi-label): per-class sigmoids with binary cross-entropy, or one softmax over
+    # the 20 classes against the image's present classes (ZFNet Table 6's "20-way softmax").
+    voc_loss: str = "sigmoid"
     # Modes scratch and full: end-to-end training with Adam, random crops and flips.
     epochs: int = 3
     batch_size: int = 16
@@ -150,6 +157,22 @@ class TransferConfig:
         )
         _check(0 <= self.holdout < 1, f"--holdout: expected 0 <= fraction < 1, got {self.holdout}")
         _check(self.head_iters >= 1, f"--head-iters: expected >= 1, got {self.head_iters}")
+        _check(
+            self.voc_loss in VOC_LOSSES,
+            f"--voc-loss: expected one of {', '.join(VOC_LOSSES)}, got {self.voc_loss!r}",
+        )
+        if kind == "voc2012":
+            _check(
+                not self.train_per_class,
+                "--train-per-class: expected none with voc2012 (the devkit's fixed train/val "
+                f"split is used), got {self.train_per_class}",
+            )
+            _check(
+                self.head_optimizer == "lbfgs",
+                "--head-optimizer: expected lbfgs with voc2012 (multi-label heads are solved "
+                f"with L-BFGS), got {self.head_optimizer!r}",
+            )
+            _check(not self.background, "--background: expected none with voc2012")
         _check(self.epochs >= 1, f"--epochs: expected >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"--batch-size: expected >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"--lr: expected > 0, got {self.lr}")
@@ -174,13 +197,14 @@ class TransferConfig:
 
     @property
     def dataset_kind(self) -> str:
-        """``caltech101``, ``caltech256`` or ``folder``."""
+        """``caltech101``, ``caltech256``, ``voc2012`` or ``folder``."""
         if self.dataset in DATASETS:
             return self.dataset
         if self.dataset.startswith("folder:") and self.dataset[len("folder:") :].strip():
             return "folder"
         raise ConfigError(
-            f"DATASET: expected caltech101, caltech256 or folder:PATH, got {self.dataset!r}"
+            "DATASET: expected caltech101, caltech256, voc2012 or folder:PATH, "
+            f"got {self.dataset!r}"
         )
 
     @property
@@ -188,6 +212,8 @@ class TransferConfig:
         """The dataset directory to read."""
         if self.dataset_kind == "folder":
             return self.dataset[len("folder:") :].strip()
+        if self.dataset_kind == "voc2012":
+            return self.data or VOC_ROOT
         return self.data or os.path.join("data", self.dataset)
 
     @property

@@ -71,14 +71,17 @@ def train_network(
     seed: int = 0,
     device: str | torch.device = "cpu",
     on_step: Callable[[int], None] | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train every trainable parameter of ``model`` with Adam on random crops and flips.
 
     Args:
-        jpegs: the train images (S x S JPEG bytes) and ``labels`` their classes.
+        jpegs: the train images (S x S JPEG bytes) and ``labels`` their classes ``(N,)`` - or
+            any per-image targets ``(N, ...)`` that ``loss`` understands (VOC: ``(N, 20)``).
         transform: uint8 crops + windows -> model input (lighting off).
         crop: the model's ``input_size``.
         on_step: called with the batch size after each step (progress).
+        loss: ``(logits, targets) -> scalar``; default: cross-entropy on class labels.
     """
     device = torch.device(device)
     model.to(device).train()
@@ -86,7 +89,9 @@ def train_network(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     rng = np.random.default_rng([seed, 11])
-    labels = np.asarray(labels, np.int64)
+    labels = np.asarray(labels)
+    if loss is None:
+        labels, loss = labels.astype(np.int64), F.cross_entropy
     n = len(jpegs)
     for _ in range(epochs):
         order = rng.permutation(n)
@@ -104,9 +109,9 @@ def train_network(
                 lighting=False,
             )
             target = torch.from_numpy(labels[idx]).to(device)
-            loss = F.cross_entropy(model(inputs), target)
+            value = loss(model(inputs), target)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             optimizer.step()
             if on_step is not None:
                 on_step(len(idx))
@@ -123,8 +128,10 @@ def predict_network(
     flip: bool = False,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
+    activation: str = "softmax",
 ) -> torch.Tensor:
-    """Softmax outputs ``(N, C)`` on the centre crop (averaged with its mirror when ``flip``)."""
+    """Softmax (or, with ``activation="sigmoid"``, per-class sigmoid) outputs ``(N, C)`` on
+    the centre crop (averaged with its mirror when ``flip``)."""
     device = torch.device(device)
     model.to(device).eval()
     transform = transform.to(device)
@@ -139,7 +146,9 @@ def predict_network(
         for v in views:
             windows = torch.tensor([[top, left, v]] * len(pixels), dtype=torch.int64)
             logits = model(transform(crops, windows.to(device), lighting=False))
-            proba = proba + torch.softmax(logits.float(), dim=1).cpu()
+            logits = logits.float()
+            scores = torch.sigmoid(logits) if activation == "sigmoid" else logits.softmax(1)
+            proba = proba + scores.cpu()
         out.append(proba / len(views))
     if not out:
         return torch.zeros(0, 0)

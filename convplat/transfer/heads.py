@@ -288,3 +288,155 @@ def _fit_head(views, y, num_classes, weight_decays, holdout, optimizer, iters, s
     x_all, y_all = _flat((views - mean) / std, y)
     head = train_softmax(x_all, y_all, num_classes, chosen, init=init, **opts)
     return HeadFit(fold(head, mean, std), chosen, scores)
+
+
+# --- multi-label heads (PASCAL VOC, ZFNet Table 6) ------------------------------------------------
+
+
+def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str = "sigmoid"):
+    """Mean over images of a multi-label loss; ``targets (N, C)`` hold VOC's 1 / 0 / -1.
+
+    ``sigmoid``: binary cross-entropy per class, summed over classes; 0 ("difficult only")
+    entries are left out, as VOC's scoring leaves them out. ``softmax``: cross-entropy of one
+    softmax against the image's present classes, equally weighted (images with none are left
+    out) - a 20-way softmax as in ZFNet §5.3.
+    """
+    targets = targets.to(logits.device)
+    positive = (targets == 1).to(logits.dtype)
+    n = max(1, logits.shape[0])
+    if kind == "sigmoid":
+        known = (targets != 0).to(logits.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits, positive, weight=known, reduction="sum")
+        return bce / n
+    if kind == "softmax":
+        counts = positive.sum(1)
+        rows = counts > 0
+        if not rows.any():
+            return logits.sum() * 0.0
+        q = positive[rows] / counts[rows, None]
+        return -(q * torch.log_softmax(logits[rows], dim=1)).sum(1).mean()
+    raise ValueError(f"expected loss sigmoid or softmax, got {kind!r}")
+
+
+@torch.no_grad()
+def predict_scores(
+    linear: nn.Linear, features: np.ndarray | torch.Tensor, kind: str = "sigmoid"
+) -> torch.Tensor:
+    """Per-class scores ``(N, C)`` (sigmoid or softmax outputs) averaged over the views."""
+    views = as_views(features).to(linear.weight.device)
+    logits = views @ linear.weight.T + linear.bias
+    scores = torch.sigmoid(logits) if kind == "sigmoid" else torch.softmax(logits, dim=-1)
+    return scores.mean(0).cpu()
+
+
+def train_multilabel(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    weight_decay: float,
+    *,
+    kind: str = "sigmoid",
+    iters: int = 200,
+    init: nn.Linear | None = None,
+) -> nn.Linear:
+    """Fit ``W x + b`` to ``x (n, D)`` and ``targets (n, C)`` by minimising
+    ``multilabel_loss + weight_decay / 2 * ||W||^2`` with full-batch L-BFGS (convex)."""
+    x = x.float()
+    num_classes = targets.shape[1]
+    zeros = {"device": x.device, "dtype": torch.float32}
+    weight = (
+        torch.zeros(num_classes, x.shape[1], **zeros)
+        if init is None
+        else init.weight.detach().clone()
+    )
+    bias = torch.zeros(num_classes, **zeros) if init is None else init.bias.detach().clone()
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=iters,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = multilabel_loss(x @ weight.T + bias, targets, kind)
+        loss = loss + 0.5 * weight_decay * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    head = nn.Linear(x.shape[1], num_classes, device=x.device)
+    with torch.no_grad():
+        head.weight.copy_(weight.detach())
+        head.bias.copy_(bias.detach())
+    return head.requires_grad_(False)
+
+
+def fit_multilabel_head(
+    features: np.ndarray | torch.Tensor,
+    targets: np.ndarray,
+    *,
+    kind: str = "sigmoid",
+    weight_decays: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0),
+    holdout: float = 0.2,
+    iters: int = 200,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> HeadFit:
+    """A multi-label head with the weight decay chosen on a held-out part of the train images.
+
+    Args:
+        features: ``(N, D)`` or ``(V, N, D)`` train features; ``targets (N, C)`` in 1 / 0 / -1.
+        holdout: fraction of the train images (drawn at random: a multi-label set cannot be
+            stratified by class) held out to score the grid by mean average precision over
+            the classes with a held-out positive; ties go to the lower held-out loss.
+
+    Returns:
+        The head refitted on every train image, on raw features (standardisation folded in);
+        ``scores`` maps each weight decay to (held-out mAP, held-out loss).
+    """
+    from convplat.transfer.protocol import class_average_precisions
+
+    views = as_views(features).to(device)
+    t = torch.as_tensor(np.asarray(targets), dtype=torch.int8)
+    if t.ndim != 2 or t.shape[0] != views.shape[1]:
+        raise ValueError(f"expected targets ({views.shape[1]}, C), got {tuple(t.shape)}")
+    t = t.to(device)
+    n, v = views.shape[1], views.shape[0]
+    grid = sorted({float(w) for w in weight_decays}, reverse=True)
+    scores: dict[float, tuple[float, float]] = {}
+    chosen, init = grid[0], None
+    held_n = 0 if holdout <= 0 else min(n - 1, max(1, round(holdout * n)))
+    with threads_for(v * n * views.shape[2] * t.shape[1]):
+        if len(grid) > 1 and held_n > 0:
+            order = np.random.default_rng([seed, 7]).permutation(n)
+            held = torch.from_numpy(np.sort(order[:held_n])).to(device)
+            fit = torch.from_numpy(np.sort(order[held_n:])).to(device)
+            mean, std = standardizer(views[:, fit])
+            x_fit = ((views[:, fit] - mean) / std).reshape(-1, views.shape[2])
+            t_fit = t[fit].repeat(v, 1)
+            held_std = (views[:, held] - mean) / std
+            heads = {}
+            for wd in grid:
+                init = heads[wd] = train_multilabel(
+                    x_fit, t_fit, wd, kind=kind, iters=iters, init=init
+                )
+                logits = (held_std @ init.weight.T + init.bias).mean(0)
+                loss = float(multilabel_loss(logits, t[held], kind))
+                proba = predict_scores(init, held_std, kind).numpy()
+                ap = class_average_precisions(proba, t[held].cpu().numpy())
+                mean_ap = float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+                scores[wd] = (mean_ap, loss)
+            chosen = max(
+                grid,
+                key=lambda wd: (np.nan_to_num(scores[wd][0], nan=-1.0), -scores[wd][1]),
+            )
+            init = heads[chosen]
+        mean, std = standardizer(views)
+        x_all = ((views - mean) / std).reshape(-1, views.shape[2])
+        head = train_multilabel(x_all, t.repeat(v, 1), chosen, kind=kind, iters=iters, init=init)
+    return HeadFit(fold(head, mean, std), chosen, scores)

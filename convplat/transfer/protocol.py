@@ -1,5 +1,6 @@
 """ZFNet's transfer protocol (§5.2, PAPERS.md §2.6): seeded per-class train/test splits, the
-mean of per-class accuracies, mean ± std over splits, and the table of Tables 4-5.
+mean of per-class accuracies, mean ± std over splits, and the table of Tables 4-5; for PASCAL
+VOC 2012 (Table 6) the per-class average precision, VOC style, and its table.
 
 Pure numpy: no model, no files.
 """
@@ -11,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from convplat.metrics import average_precision
 
 
 @dataclass(frozen=True)
@@ -149,9 +152,64 @@ def row_label(mode: str, cut: str | None) -> str:
     return f"{mode} ({cut})" if mode == "head" and cut else mode
 
 
+def class_average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-class average precision ``(C,)`` the VOC 2012 way (the devkit's ``VOCevalcls``).
+
+    For class c the images are ranked by ``scores[:, c]``; hits are the images labelled 1 in
+    ``targets[:, c]``, images labelled 0 ("difficult" only) are dropped - the devkit counts them
+    neither as true nor as false positives - and AP is the area under the precision-recall
+    envelope. A class without a positive image is NaN (left out of the mean).
+    """
+    scores = np.asarray(scores, np.float64)
+    targets = np.asarray(targets)
+    if scores.shape != targets.shape or scores.ndim != 2:
+        raise ValueError(f"expected equal (N, C) shapes, got {scores.shape} and {targets.shape}")
+    out = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        keep = targets[:, c] != 0
+        hits = targets[keep, c] == 1
+        out[c] = average_precision(scores[keep, c], hits, int(hits.sum()), method="area")
+    return out
+
+
+def format_voc_table(results: dict) -> str:
+    """VOC results like ZFNet Table 6: rows = classes and their mean, columns = settings,
+    cells = average precision in % on the val split ("-": no positive val image)."""
+    settings = results.get("settings", [])
+    classes = results.get("classes", [])
+    header = ["", *[s["label"] for s in settings]]
+
+    def cell(value) -> str:
+        return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+
+    body = [[name, *[cell(s["per_class"][c]) for s in settings]] for c, name in enumerate(classes)]
+    body.append(["mean", *[cell(s["mean"]) for s in settings]])
+    counts = results.get("split_images", {})
+    title = (
+        f"{results.get('dataset', '?')}: {len(classes)} classes, {counts.get('train', '?')} "
+        f"train / {counts.get('val', '?')} val images; average precision % on val (VOC 2012 "
+        "area method; mean over classes with a val positive)"
+    )
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    lines = [title]
+    for r in [header, *body]:
+        lines.append(
+            "  ".join(
+                c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)
+            ).rstrip()
+        )
+    rejected = results.get("rejected", [])
+    if rejected:
+        lines.append(f"note: {len(rejected)} files could not be decoded (see results.json)")
+    return "\n".join(lines)
+
+
 def format_table(results: dict) -> str:
     """The results as a text table like ZFNet Tables 4-5: rows = mode (and cut for heads),
-    columns = train images per class, cells = mean ± std of mean per-class accuracy in %."""
+    columns = train images per class, cells = mean ± std of mean per-class accuracy in %.
+    VOC results get Table 6's layout (``format_voc_table``)."""
+    if results.get("dataset") == "voc2012":
+        return format_voc_table(results)
     settings = results.get("settings", [])
     sizes = list(results.get("protocol", {}).get("train_per_class", []))
     if not sizes:

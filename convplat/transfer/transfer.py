@@ -1,4 +1,5 @@
-"""`transfer(config) -> results`: ZFNet §5.2 on a Caltech (or any folder) dataset, end to end.
+"""`transfer(config) -> results`: ZFNet §5.2 on a Caltech (or any folder) dataset, end to end
+(PASCAL VOC 2012, with its fixed split and AP metric, is handed to ``voc.transfer_voc``).
 
 Reads the dataset, loads the ImageNet checkpoint, extracts (or reuses) frozen features, then for
 every train size and split trains a new softmax head (mode ``head``) or the whole network
@@ -97,8 +98,12 @@ def transfer(config: TransferConfig) -> dict:
         DatasetError: the dataset directory is missing, or holds no images.
         ConvplatError: no ImageNet run found (or ``--checkpoint`` is not one).
     """
-    started = time.perf_counter()
     kind = config.dataset_kind
+    if kind == "voc2012":
+        from convplat.transfer.voc import transfer_voc
+
+        return transfer_voc(config)
+    started = time.perf_counter()
     root = config.root
     if not os.path.isdir(root):
         hint = "pass --data PATH" if kind != "folder" else "check the path"
