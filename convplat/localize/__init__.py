@@ -1,8 +1,10 @@
-"""OverFeat inference pieces: dense multi-scale scoring and offset pooling (dense.py).
-
-Localization and detection build on ``offset_pool`` / ``interleave`` / ``window_boxes``.
+"""OverFeat (Sermanet et al. 2014): dense multi-scale scoring and offset pooling (dense.py),
+box utilities and the greedy merge (boxes.py), localization (localize.py) and detection
+(detect.py). Localization and detection build on ``offset_pool`` / ``interleave`` /
+``window_boxes``.
 """
 
+from convplat.localize.boxes import box_iou, box_merge, greedy_merge, match_score
 from convplat.localize.dense import (
     PAPER_SCALES,
     PAPER_TABLE_SIZES,
@@ -20,8 +22,26 @@ from convplat.localize.dense import (
     window_logits,
     window_step,
 )
+from convplat.localize.detect import (
+    DetectConfig,
+    evaluate_detector,
+    match_detections,
+    train_detector,
+)
+from convplat.localize.localize import LocalizeConfig, evaluate_localizer, train_localizer
 
 __all__ = [
+    "DetectConfig",
+    "LocalizeConfig",
+    "box_iou",
+    "box_merge",
+    "evaluate_detector",
+    "evaluate_localizer",
+    "greedy_merge",
+    "match_detections",
+    "match_score",
+    "train_detector",
+    "train_localizer",
     "PAPER_SCALES",
     "PAPER_TABLE_SIZES",
     "STRIDES",
