@@ -95,7 +95,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile each model")
-    parser.add_argument("--models", default=None, help="comma-separated (default: all)")
+    parser.add_argument(
+        "--models",
+        default="alexnet,alexnet_1col,zfnet,overfeat_fast,overfeat_accurate",
+        help="comma-separated registered names (default: the five published nets; "
+        "`all` adds the ablation variants)",
+    )
     parser.add_argument(
         "--formats", default="contiguous,channels_last", help="contiguous and/or channels_last"
     )
@@ -104,7 +109,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    names = args.models.split(",") if args.models else list_models()
+    names = list_models() if args.models == "all" else args.models.split(",")
     formats = args.formats.split(",")
 
     print(

@@ -21,8 +21,10 @@ from convplat.training.models import (
     register_model,
     renormalize_filters,
 )
+from convplat.training.models.variants import VARIANTS, variant_names
 
-NAMES = list_models()
+# The published nets; ZFNet Table 3's ablations (alexnet_*, zfnet_* variants) are tested below.
+NAMES = ["alexnet", "alexnet_1col", "overfeat_accurate", "overfeat_fast", "zfnet"]
 
 # PAPERS.md ⚙ values (1000 classes; MACs per image at input_size, conv + fc).
 PARAMS = {
@@ -114,8 +116,9 @@ def create_model_meta(name: str, **kw) -> ConvNet:
 # --- registry ------------------------------------------------------------------------------
 
 
-def test_registry_lists_the_five_models():
+def test_registry_lists_the_five_models_and_the_ablations():
     assert NAMES == sorted(PARAMS)
+    assert list_models() == sorted(NAMES + variant_names())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -134,7 +137,7 @@ def test_parameters_and_macs_match_papers(name):
 
 
 def test_describe_models_and_hyphenated_names():
-    assert [d["name"] for d in describe_models()] == NAMES
+    assert [d["name"] for d in describe_models()] == list_models()
     assert type(create_model_meta("overfeat-fast")) is type(create_model_meta("overfeat_fast"))
     assert model_info("OverFeat-Accurate")["name"] == "overfeat_accurate"
 
@@ -153,7 +156,7 @@ def test_unknown_model_names_the_choices():
 def test_duplicate_registration_refused(name):
     with pytest.raises(ValueError, match="already registered"):
         register_model(name=name)(lambda num_classes=1000: None)
-    assert list_models() == NAMES
+    assert list_models() == sorted(NAMES + variant_names())
 
 
 # --- shapes ----------------------------------------------------------------------------------
@@ -420,3 +423,123 @@ def test_safetensors_round_trip(case, tmp_path):
     fresh.load_state_dict(load_file(str(path)))
     with torch.no_grad():
         assert torch.equal(fresh.eval()(case.images), case.logits)
+
+
+# --- ZFNet Table 3 ablations (variants.py) ---------------------------------------------------
+
+
+def conv_params(cin: int, cout: int, k: int, groups: int = 1) -> int:
+    return cin // groups * cout * k * k + cout
+
+
+def fc_params(cin: int, cout: int) -> int:
+    return cin * cout + cout
+
+
+def table3_params(name: str, classes: int = 1000) -> int:
+    """Parameters from the layer shapes alone (PAPERS.md §1.1, §2.1; Table 3's changes)."""
+    family, _, suffix = name.partition("_")
+    remove = {
+        "no34": {3, 4},
+        "no7": {7},
+        "no67": {6, 7},
+        "no3467": {3, 4, 6, 7},
+    }.get(suffix, set())
+    maps = (512, 1024, 512) if suffix.startswith("b") else (384, 384, 256)
+    units = {"fc2048": 2048, "fc8192": 8192, "b_fc8192": 8192}.get(suffix, 4096)
+    g = 2 if family == "alexnet" else 1  # AlexNet's columns: conv2, conv4, conv5 grouped
+    total = conv_params(3, 96, 11 if family == "alexnet" else 7) + conv_params(96, 256, 5, g)
+    width = 256
+    for layer, m in zip((3, 4, 5), maps, strict=True):
+        if layer not in remove:
+            total += conv_params(width, m, 3, 1 if layer == 3 else g)
+            width = m
+    inputs = width * 6 * 6  # pooled 6x6 maps of the last conv
+    for layer in (6, 7):
+        if layer not in remove:
+            total += fc_params(inputs, units)
+            inputs = units
+    return total + fc_params(inputs, classes)
+
+
+VARIANT_NAMES = variant_names()
+
+
+def test_every_table3_row_is_registered_for_both_families():
+    assert len(VARIANT_NAMES) == 2 * len(VARIANTS) == 16
+    assert {"zfnet_no34", "zfnet_no67", "zfnet_no3467", "zfnet_fc2048", "zfnet_fc8192"} <= set(
+        VARIANT_NAMES
+    )
+    assert {"zfnet_b", "alexnet_b", "alexnet_no34", "alexnet_no3467"} <= set(VARIANT_NAMES)
+    assert type(create_model_meta("zfnet-no34")) is type(create_model_meta("zfnet"))
+
+
+def test_wide_zfnet_b_has_the_published_parameter_count():
+    assert model_info("zfnet_b")["parameters"] == 107_627_624  # PAPERS.md §2.1 (C3 assert)
+    assert table3_params("zfnet_b") == 107_627_624  # the formula agrees with the paper
+    assert table3_params("zfnet") == PARAMS["zfnet"] and table3_params("alexnet") == 60_965_224
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_variant_parameters_and_output_shapes(name):
+    m = create_model_meta(name)
+    assert sum(p.numel() for p in m.parameters()) == table3_params(name)
+    assert model_info(name)["parameters"] == table3_params(name)
+    small = create_model_meta(name, num_classes=7)
+    assert sum(p.numel() for p in small.parameters()) == table3_params(name, classes=7)
+    images = torch.empty(2, 3, 224, 224, device="meta")
+    maps = 512 if "_b" in name else 256
+    assert small.forward_features(images).shape == (2, maps, 6, 6)
+    assert small(images).shape == (2, 7)
+    hidden = 0 if ("no67" in name or "no3467" in name) else 1
+    width = {"fc2048": 2048}.get(name.split("_", 1)[1], 8192 if "8192" in name else 4096)
+    assert small.num_features == (maps * 36 if not hidden else width)
+    assert small.forward_head(small.forward_features(images), pre_logits=True).shape == (
+        2,
+        small.num_features,
+    )
+    assert small.forward_dense(torch.empty(1, 3, 256, 288, device="meta")).shape == (1, 7, 2, 3)
+
+
+@pytest.mark.parametrize("name", ["zfnet_no3467", "alexnet_no3467", "zfnet_no7"])
+def test_small_variants_run_and_keep_the_paper_layer_names(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 224, 224))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    layers = model.named_layers()
+    expected = {
+        "zfnet_no3467": ["conv1", "conv2", "conv5", "fc8"],
+        "alexnet_no3467": ["conv1", "conv2", "conv5", "fc8"],
+        "zfnet_no7": ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc8"],
+    }[name]
+    assert list(layers) == expected
+    # conv5 reads conv2's maps when 3, 4 are gone; fc8 reads fc6 when 7 is gone
+    assert layers["conv5"].in_channels == (256 if "no34" in name else 384)
+    assert layers["fc8"].in_features == (4096 if name == "zfnet_no7" else 256 * 36)
+    if name.startswith("alexnet"):  # AlexNet §5 biases by layer name, not position
+        assert torch.all(layers["conv5"].bias == 1) and torch.all(layers["conv2"].bias == 1)
+        assert torch.all(layers["conv1"].bias == 0) and torch.all(layers["fc8"].bias == 0)
+        assert layers["conv5"].groups == 2
+
+
+def test_builder_options_match_the_registered_names_and_are_checked():
+    a, b = create_model_meta("zfnet", maps=(512, 1024, 512)), create_model_meta("zfnet_b")
+    assert [tuple(p.shape) for p in a.parameters()] == [tuple(p.shape) for p in b.parameters()]
+    assert a.paper == b.paper and "512,1024,512" in b.paper
+    # published nets keep their state-dict names (old checkpoints load)
+    keys = set(create_model_meta("zfnet").state_dict())
+    assert {"features.12.weight", "classifier.3.weight", "classifier.6.weight"} <= keys
+    with pytest.raises(ConfigError, match="remove"):
+        create_model_meta("zfnet", remove=(5,))
+    with pytest.raises(ConfigError, match="maps"):
+        create_model_meta("alexnet", maps=(1, 2))
+
+
+def test_variant_names_resolve_to_the_family_recipe():
+    from convplat.training.recipe import resolve_train_config
+
+    config = resolve_train_config("zfnet-no34")
+    assert config.model == "zfnet_no34" and config.recipe == "zfnet"
+    assert resolve_train_config("alexnet_b").recipe == "alexnet"

@@ -10,6 +10,11 @@ Features are computed once per image (and view: centre crop, plus its mirror wit
 weight bytes, the cut, the augmentation, the mean image and the dataset listing (relative paths,
 file sizes, labels), so a changed checkpoint or dataset never reuses stale features. Large
 datasets are extracted by Ray tasks (one model load per chunk of images), small ones in-process.
+
+The extractor takes any layer by its paper name (``resolve_layer``: conv1..conv5, fc6, fc7, fc8 /
+logits; conv maps flattened or globally pooled); `convplat features` (``convplat.features``)
+runs the same ``extract_jpegs`` / ``extract_chunk`` / ``FeatureExtractor`` for any layer and
+writes Parquet, so both commands give the same numbers for the same images.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import simplejpeg
 import torch
 from torch import nn
 
-from convplat.errors import ConvplatError, ImageDecodeError
+from convplat.errors import ConfigError, ConvplatError, ImageDecodeError
 from convplat.pipeline.image import process_image
 from convplat.pipeline.readers import DatasetListing
 from convplat.storage import resolve
@@ -45,7 +50,8 @@ from convplat.training.models import ConvNet, create_model
 
 CACHE_VERSION = 1
 DEFAULT_QUALITY = 90
-CUTS = ("fc7", "fc6", "conv5")
+CUTS = ("fc7", "fc6", "conv5")  # transfer's --cut choices (ZFNet Table 7: layers 5 and 7)
+POOLS = ("flatten", "avg", "max")
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -153,33 +159,85 @@ def load_checkpoint(checkpoint: str | None = None, runs: str = "runs") -> Checkp
     )
 
 
-# --- freezing ---------------------------------------------------------------------------------
+# --- freezing: any layer, by its paper name ---------------------------------------------------
 
 
-def _hidden_ends(model: ConvNet) -> dict[str, int]:
-    """For each cut, how many classifier modules run before it (conv5: none).
+def resolve_layer(model: ConvNet, name: str, last_conv_alias: bool = False) -> str:
+    """The model's name for the layer ``name`` (``conv1``..``conv5``, ``fc6``, ``fc7``, ``fc8``;
+    ``logits`` is the output layer). With ``last_conv_alias``, ``conv5`` is the last conv layer
+    whatever its number (transfer's ``--cut conv5``: ZFNet's "layer 5"; OverFeat-accurate's
+    conv6, whose maps OverFeat §3.3 calls layer 5).
 
-    fc6 ends after its ReLU and dropout, i.e. just before fc7's layer; fc7 just before the
-    output layer. Dropout is the identity in the frozen (eval) extractor.
+    Raises:
+        ConfigError: the model has no such layer (an ablation without it, or a typo).
     """
-    layers = [i for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear | nn.Conv2d)]
-    if len(layers) < 3:
-        raise ValueError(f"expected fc6, fc7 and an output layer, got {len(layers)} layers")
-    return {"conv5": 0, "fc6": layers[1], "fc7": layers[-1]}
+    key = name.strip().lower()
+    names = model.layer_names
+    convs = [n for n in names if n.startswith("conv")]
+    if key == "logits":
+        key = names[-1]
+    elif key == "conv5" and last_conv_alias and convs:
+        key = convs[-1]
+    if key not in names:
+        raise ConfigError(
+            f"--layer: {model.__class__.__name__} has no layer {name!r}; "
+            f"choose one of {', '.join(names)} or logits"
+        )
+    return key
+
+
+def _reduce(x: torch.Tensor, pool: str) -> torch.Tensor:
+    """(B, C, h, w) maps -> (B, C·h·w) flattened, or (B, C) by global average / max pooling;
+    fc outputs (B, n) or OverFeat's (B, n, 1, 1) -> (B, n)."""
+    if x.dim() == 4 and pool == "avg":
+        return x.mean(dim=(2, 3))
+    if x.dim() == 4 and pool == "max":
+        return x.amax(dim=(2, 3))
+    return torch.flatten(x, 1)
+
+
+def _conv_shapes(model: ConvNet) -> list[tuple[int, ...]]:
+    """(C, h, w) after every module of ``features`` at ``input_size``, by shape propagation on
+    the meta device (no compute, no copy of the weights)."""
+    from torch.func import functional_call
+
+    x = torch.empty(1, 3, model.input_size, model.input_size, device="meta")
+    shapes = []
+    for module in model.features:
+        tensors = {n: torch.empty_like(t, device="meta") for n, t in module.state_dict().items()}
+        x = functional_call(module, tensors, (x,))
+        shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+
+def layer_dims(
+    model: ConvNet, cuts: Sequence[str], pool: str = "flatten", last_conv_alias: bool = True
+) -> dict[str, int]:
+    """Width of the features at each cut: conv layers C·h·w flattened (conv5 of AlexNet/ZFNet:
+    256·6·6 = 9216) or C when pooled; fc layers their units."""
+    if pool not in POOLS:
+        raise ConfigError(f"--pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+    ends = model.layer_ends()
+    layers = model.named_layers()
+    shapes = None
+    dims = {}
+    for cut in cuts:
+        name = resolve_layer(model, cut, last_conv_alias)
+        stage, end = ends[name]
+        if stage == "classifier":
+            layer = layers[name]
+            dims[cut] = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+            continue
+        shapes = shapes or _conv_shapes(model)
+        c, h, w = shapes[end - 1]
+        dims[cut] = c if pool in ("avg", "max") else c * h * w
+    return dims
 
 
 def feature_dim(model: ConvNet, cut: str) -> int:
-    """Width of the features at ``cut``: conv5 = C x s x s pooled maps flattened (9216 for
-    AlexNet/ZFNet), fc6 = its units, fc7 = ``model.num_features``."""
-    if cut == "conv5":
-        convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
-        return convs[-1].out_channels * model.feature_size**2
-    if cut == "fc6":
-        first = next(m for m in model.classifier if isinstance(m, nn.Linear | nn.Conv2d))
-        return first.out_features if isinstance(first, nn.Linear) else first.out_channels
-    if cut == "fc7":
-        return model.num_features
-    raise ValueError(f"expected a cut in {CUTS}, got {cut!r}")
+    """Width of the transfer features at ``cut`` (conv5: the pooled maps flattened, 9216 for
+    AlexNet/ZFNet; fc6 its units; fc7 ``model.num_features``)."""
+    return layer_dims(model, (cut,))[cut]
 
 
 class FeatureExtractor(nn.Module):
@@ -188,23 +246,43 @@ class FeatureExtractor(nn.Module):
     It shares its modules with ``model`` and turns off their gradients (``requires_grad``), and
     it stays in eval mode whatever ``.train()`` is called with, so dropout never acts.
 
-    Cuts: ``fc7`` (default, the last hidden layer after ReLU), ``fc6`` (after ReLU) and
-    ``conv5`` (the last conv layer's pooled maps, flattened: 256 x 6 x 6 for AlexNet/ZFNet; for
-    OverFeat-accurate that is its 6th conv layer).
+    Cuts are layer names (``resolve_layer``): a layer's output is everything up to the next
+    weight layer, as in ZFNet Fig. 3 - ``conv1``..``conv5`` after their ReLU, pool and
+    normalisation (``conv5``: the last conv layer's pooled maps, 256 x 6 x 6 for AlexNet/ZFNet),
+    ``fc6``/``fc7`` after ReLU, ``fc8``/``logits`` before the softmax. Conv maps are flattened
+    (``pool="flatten"``) or globally average/max pooled to one value per map. Transfer's cuts
+    are ``fc7`` (default), ``fc6`` and ``conv5``; ``convplat features`` takes any layer.
     """
 
-    def __init__(self, model: ConvNet, cuts: Sequence[str] = ("fc7",)) -> None:
+    def __init__(
+        self,
+        model: ConvNet,
+        cuts: Sequence[str] = ("fc7",),
+        pool: str = "flatten",
+        last_conv_alias: bool = True,
+    ) -> None:
         super().__init__()
         cuts = tuple(cuts)
-        if not cuts or any(c not in CUTS for c in cuts):
-            raise ValueError(f"expected cuts from {CUTS}, got {cuts}")
+        if not cuts or len(set(cuts)) != len(cuts):
+            raise ConfigError(f"expected one or more distinct layers, got {cuts}")
         self.cuts = cuts
-        self.ends = {c: e for c, e in _hidden_ends(model).items() if c in cuts}
-        self.features = model.features
-        self.hidden = model.classifier[: max(self.ends.values())]  # shares the modules
+        self.pool = pool
+        self.dims = layer_dims(model, cuts, pool, last_conv_alias)  # validates names and pool
+        ends = model.layer_ends()
+        self.at: dict[tuple[str, int], list[str]] = {}
+        for cut in cuts:
+            self.at.setdefault(ends[resolve_layer(model, cut, last_conv_alias)], []).append(cut)
+        last = {
+            stage: max((e for s, e in self.at if s == stage), default=0)
+            for stage in ("features", "classifier")
+        }
+        self.uses_classifier = last["classifier"] > 0
+        stop = len(model.features) if self.uses_classifier else last["features"]
+        self.features = model.features[:stop]  # shares the modules
+        self.hidden = model.classifier[: last["classifier"]]
+        self.complete = stop == len(model.features)
         self.conv_classifier = model.conv_classifier
         self.feature_size = model.feature_size
-        self.dims = {c: feature_dim(model, c) for c in cuts}
         self.requires_grad_(False)
         super().train(False)
 
@@ -213,21 +291,24 @@ class FeatureExtractor(nn.Module):
 
     def forward_all(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, 3, S, S)`` model input -> ``{cut: (B, dim)}``."""
-        x = self.features(images)  # (B, C, s, s)
-        s = self.feature_size
-        if tuple(x.shape[-2:]) != (s, s):
-            raise ValueError(f"expected {s}x{s} pooled maps, got {tuple(x.shape[-2:])}")
-        out = {}
-        if "conv5" in self.ends:
-            out["conv5"] = torch.flatten(x, 1)  # (B, C·s·s)
-        if not self.conv_classifier:
-            x = torch.flatten(x, 1)
-        for i, layer in enumerate(self.hidden):
+        out: dict[str, torch.Tensor] = {}
+        x = images
+        for i, layer in enumerate(self.features):
             x = layer(x)
-            for cut, end in self.ends.items():
-                if cut != "conv5" and end == i + 1:
+            for cut in self.at.get(("features", i + 1), ()):
+                out[cut] = _reduce(x, self.pool)
+        if self.complete:
+            s = self.feature_size
+            if tuple(x.shape[-2:]) != (s, s):
+                raise ValueError(f"expected {s}x{s} pooled maps, got {tuple(x.shape[-2:])}")
+        if self.uses_classifier:
+            if not self.conv_classifier:
+                x = torch.flatten(x, 1)  # (B, C·s·s)
+            for i, layer in enumerate(self.hidden):
+                x = layer(x)
+                for cut in self.at.get(("classifier", i + 1), ()):
                     out[cut] = torch.flatten(x, 1)  # conv form: (B, n, 1, 1) -> (B, n)
-        return out
+        return {cut: out[cut] for cut in self.cuts}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Features at the first cut, ``(B, dim)``."""
@@ -353,6 +434,8 @@ def extract_chunk(
     batch_size: int,
     keep_jpegs: bool,
     device: str | None = None,
+    pool: str = "flatten",
+    last_conv_alias: bool = True,
 ) -> dict:
     """Decode a chunk of files and extract their features with a model built once: the body
     of one Ray task (no Ray here). ``cuts=()`` only decodes.
@@ -364,20 +447,56 @@ def extract_chunk(
     ok = [j for j in jpegs if j is not None]
     features: dict[str, np.ndarray] = {}
     if cuts:
-        target = default_device(device)
-        model = build_model(model_name, num_classes, weights)
-        extractor = FeatureExtractor(model, cuts).to(target)
-        transform = make_transform(mean, input_scale).to(target)
-        features = extract_features(
-            extractor,
-            transform,
+        features = extract_jpegs(
             ok,
-            crop=model.input_size,
+            model_name=model_name,
+            num_classes=num_classes,
+            weights=weights,
+            mean=mean,
+            input_scale=input_scale,
+            cuts=cuts,
             flip=flip,
             batch_size=batch_size,
-            device=target,
+            device=device,
+            pool=pool,
+            last_conv_alias=last_conv_alias,
         )
     return {"reasons": reasons, "jpegs": ok if keep_jpegs else None, "features": features}
+
+
+def extract_jpegs(
+    jpegs: Sequence[bytes],
+    *,
+    model_name: str,
+    num_classes: int,
+    weights: bytes,
+    mean: np.ndarray,
+    input_scale: float,
+    cuts: Sequence[str],
+    flip: bool = False,
+    batch_size: int = 32,
+    device: str | None = None,
+    pool: str = "flatten",
+    last_conv_alias: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Features ``{cut: (V, N, dim)}`` of S x S JPEGs (as the shards hold them) with a model
+    built once from ``weights``: the shared body of transfer's and ``convplat features``'s
+    Ray tasks and in-process runs."""
+    target = default_device(device)
+    model = build_model(model_name, num_classes, weights)
+    extractor = FeatureExtractor(model, cuts, pool, last_conv_alias).to(target)
+    transform = make_transform(mean, input_scale).to(target)
+    return extract_features(
+        extractor,
+        transform,
+        jpegs,
+        crop=model.input_size,
+        flip=flip,
+        batch_size=batch_size,
+        device=target,
+        on_batch=on_batch,
+    )
 
 
 # --- the cache --------------------------------------------------------------------------------
@@ -603,18 +722,19 @@ def _run_local(paths: list[str], spec: dict, checkpoint: Checkpoint, progress) -
     if not cuts:
         return {"reasons": reasons, "jpegs": ok, "features": {}}
     advance = _advancer(progress, f"{'/'.join(cuts)} features", len(ok))
-    target = default_device(spec["device"])
-    model = checkpoint.build()
-    extractor = FeatureExtractor(model, cuts).to(target)
-    transform = make_transform(spec["mean"], spec["input_scale"]).to(target)
-    features = extract_features(
-        extractor,
-        transform,
+    features = extract_jpegs(
         ok,
-        crop=model.input_size,
+        model_name=checkpoint.model,
+        num_classes=checkpoint.num_classes,
+        weights=checkpoint.weights,
+        mean=spec["mean"],
+        input_scale=spec["input_scale"],
+        cuts=cuts,
         flip=spec["flip"],
         batch_size=spec["batch_size"],
-        device=target,
+        device=spec["device"],
+        pool=spec.get("pool", "flatten"),
+        last_conv_alias=spec.get("last_conv_alias", True),
         on_batch=advance,
     )
     return {"reasons": reasons, "jpegs": ok if spec["keep_jpegs"] else None, "features": features}

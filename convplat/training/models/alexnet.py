@@ -3,11 +3,19 @@ overlapping pooling. Not torchvision's "one weird trick" variant."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from convplat.training.models.base import ConvNet, fc_classifier, init_normal
 from convplat.training.models.layers import LocalResponseNorm
 from convplat.training.models.registry import register_model
+from convplat.training.models.variants import (
+    PAPER_FC_UNITS,
+    PAPER_MAPS,
+    ablation,
+    register_variants,
+)
 
 
 class AlexNet(ConvNet):
@@ -30,13 +38,26 @@ class AlexNet(ConvNet):
 
     Maps: 224 -> conv1 55 -> pool 27 -> conv2 27 -> pool 13 -> conv3-5 13 -> pool 6.
     Parameters (1000 classes): 60,965,224 with two columns, 62,378,344 with one.
+
+    ``remove``, ``maps`` and ``fc_units`` build ZFNet Table 3's ablations of this net
+    (``variants.py``); the defaults are the published net.
     """
 
-    def __init__(self, num_classes: int = 1000, columns: int = 2, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        columns: int = 2,
+        dropout: float = 0.5,
+        *,
+        remove: Sequence[int] = (),
+        maps: Sequence[int] = PAPER_MAPS,
+        fc_units: int = PAPER_FC_UNITS,
+    ) -> None:
         if columns not in (1, 2):
             raise ValueError(f"expected columns 1 or 2, got {columns}")
         g = columns
-        features = nn.Sequential(
+        ab = ablation(remove, maps, fc_units)  # ZFNet Table 3 options (variants.py)
+        layers: list[nn.Module] = [
             nn.Conv2d(3, 96, 11, stride=4, padding=2),  # 0 conv1  (B, 96, 55, 55)
             nn.ReLU(inplace=False),
             LocalResponseNorm(5, 1e-4, 0.75, 2.0, columns=g),  # §3.3
@@ -45,29 +66,34 @@ class AlexNet(ConvNet):
             nn.ReLU(inplace=False),
             LocalResponseNorm(5, 1e-4, 0.75, 2.0, columns=g),
             nn.MaxPool2d(3, 2),  # 7  (B, 256, 13, 13)
-            nn.Conv2d(256, 384, 3, padding=1),  # 8 conv3, dense  (B, 384, 13, 13)
-            nn.ReLU(inplace=False),
-            nn.Conv2d(384, 384, 3, padding=1, groups=g),  # 10 conv4  (B, 384, 13, 13)
-            nn.ReLU(inplace=False),
-            nn.Conv2d(384, 256, 3, padding=1, groups=g),  # 12 conv5  (B, 256, 13, 13)
-            nn.ReLU(inplace=False),
-            nn.MaxPool2d(3, 2),  # 14  (B, 256, 6, 6)
-        )
-        classifier = fc_classifier(256 * 6 * 6, num_classes, dropout)  # (B, 9216) -> (B, C)
+        ]
+        width = 256
+        for n, out in ab.convs:  # 8 conv3 (dense), 10 conv4, 12 conv5 (B, maps, 13, 13)
+            layers += [
+                nn.Conv2d(width, out, 3, padding=1, groups=1 if n == 3 else g),
+                nn.ReLU(inplace=False),
+            ]
+            width = out
+        layers.append(nn.MaxPool2d(3, 2))  # 14  (B, 256, 6, 6)
+        features = nn.Sequential(*layers)
+        classifier = fc_classifier(width * 6 * 6, num_classes, dropout, ab.hidden)  # (B, C)
         super().__init__(
-            features, classifier, input_size=224, feature_size=6, num_classes=num_classes
+            features,
+            classifier,
+            input_size=224,
+            feature_size=6,
+            num_classes=num_classes,
+            layer_names=ab.layer_names(),
         )
         self.columns = columns
         cols = "two columns" if columns == 2 else "one column, all layers dense"
-        self.paper = f"Krizhevsky et al. 2012, §3.5 ({cols})"
+        self.paper = f"Krizhevsky et al. 2012, §3.5 ({cols}){ab.describe()}"
         # §5: "initialized the neuron biases in the second, fourth, and fifth convolutional
         # layers, as well as in the fully-connected hidden layers, with the constant 1".
-        for i, layer in enumerate(self.features):
-            if isinstance(layer, nn.Conv2d):
-                init_normal(layer, bias=1.0 if i in (4, 10, 12) else 0.0)
-        for i, layer in enumerate(self.classifier):
-            if isinstance(layer, nn.Linear):
-                init_normal(layer, bias=1.0 if i in (0, 3) else 0.0)
+        for name, layer in self.named_layers().items():
+            init_normal(
+                layer, bias=1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+            )
 
 
 @register_model
@@ -80,3 +106,10 @@ def alexnet(num_classes: int = 1000, **kw) -> AlexNet:
 def alexnet_1col(num_classes: int = 1000, **kw) -> AlexNet:
     """AlexNet with every layer dense (one column, full-size): 62,378,344 parameters."""
     return AlexNet(num_classes, columns=1, **kw)
+
+
+def _alexnet_variant(num_classes: int = 1000, **kw) -> AlexNet:
+    return AlexNet(num_classes, columns=2, **kw)
+
+
+register_variants("alexnet", _alexnet_variant)  # alexnet_no34, alexnet_b, ... (two columns)

@@ -4,6 +4,7 @@ dense evaluation never ask which net they hold (the timm ``forward_features`` id
 from __future__ import annotations
 
 import copy as copy_module
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -25,6 +26,9 @@ class ConvNet(nn.Module):
         input_size: side of the square training/test crop the fc layers were sized for.
         feature_size: side of the pooled last-conv map at ``input_size`` (= fc6's kernel).
         num_features: width of the last hidden layer (fc7), the transfer-learning feature.
+        layer_names: one name per conv layer of ``features`` then per fc layer of
+            ``classifier``, in order (``conv1``..``conv5``, ``fc6``, ``fc7``, ``fc8`` by
+            default; an ablation without layers 3,4 has ``conv1, conv2, conv5, ...``).
         renormalize_radius: filter-RMS radius the trainer enforces after each optimizer step
             via ``renormalize_filters`` (ZFNet §3), or None.
     """
@@ -40,6 +44,7 @@ class ConvNet(nn.Module):
         input_size: int,
         feature_size: int,
         num_classes: int,
+        layer_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(features[-1], nn.MaxPool2d):
@@ -51,8 +56,38 @@ class ConvNet(nn.Module):
         self.num_classes = num_classes
         last = classifier[-1]
         self.num_features = last.in_features if isinstance(last, nn.Linear) else last.in_channels
+        convs = sum(isinstance(m, nn.Conv2d) for m in features)
+        fcs = sum(isinstance(m, nn.Linear | nn.Conv2d) for m in classifier)
+        if layer_names is None:  # the output layer is fc8 whatever the depth (OverFeat too)
+            layer_names = [f"conv{i + 1}" for i in range(convs)]
+            layer_names += [f"fc{9 - fcs + i}" for i in range(fcs)]
+        if len(layer_names) != convs + fcs or len(set(layer_names)) != len(layer_names):
+            raise ValueError(f"expected {convs + fcs} distinct layer names, got {layer_names}")
+        self.layer_names = tuple(layer_names)
 
     # --- the contract -----------------------------------------------------------------------
+
+    def named_layers(self) -> dict[str, nn.Conv2d | nn.Linear]:
+        """``{"conv1": Conv2d, ..., "fc8": Linear}``: the weight layers by their paper names."""
+        layers = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        layers += [m for m in self.classifier if isinstance(m, nn.Linear | nn.Conv2d)]
+        return dict(zip(self.layer_names, layers, strict=True))
+
+    def layer_ends(self) -> dict[str, tuple[str, int]]:
+        """Where each named layer's output is complete: ``{name: (stage, n)}`` with stage
+        ``features`` or ``classifier`` and ``n`` the modules of that stage to run.
+
+        A layer's output is everything up to the next weight layer (ZFNet Fig. 3's "layer n":
+        conv, ReLU, and the pool and normalisation that follow it; fc6/fc7 after ReLU and
+        dropout); the output layer's is the logits.
+        """
+        ends: dict[str, tuple[str, int]] = {}
+        names = iter(self.layer_names)
+        for stage, modules in (("features", self.features), ("classifier", self.classifier)):
+            starts = [i for i, m in enumerate(modules) if isinstance(m, nn.Linear | nn.Conv2d)]
+            for end in starts[1:] + [len(modules)]:
+                ends[next(names)] = (stage, end)
+        return ends
 
     @property
     def final_pool(self) -> nn.MaxPool2d:
@@ -141,19 +176,18 @@ def init_normal(layer: nn.Module, bias: float, std: float = INIT_STD) -> None:
 
 
 def fc_classifier(
-    in_features: int, num_classes: int, dropout: float, hidden: int = 4096
+    in_features: int, num_classes: int, dropout: float, hidden: Sequence[int] = (4096, 4096)
 ) -> nn.Sequential:
-    """fc6, fc7 (Linear -> ReLU -> dropout, AlexNet §4.2: dropout on the two hidden layers'
-    outputs) and the output layer. Indices: fc6 = 0, fc7 = 3, fc8 = 6."""
-    return nn.Sequential(
-        nn.Linear(in_features, hidden),  # fc6  (B, hidden)
-        nn.ReLU(inplace=False),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, hidden),  # fc7  (B, hidden)
-        nn.ReLU(inplace=False),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, num_classes),  # fc8  (B, num_classes)
-    )
+    """Hidden fc layers (Linear -> ReLU -> dropout, AlexNet §4.2: dropout on the hidden layers'
+    outputs) and the output layer. Published nets: fc6, fc7 at 4096, indices fc6 = 0, fc7 = 3,
+    fc8 = 6; ZFNet Table 3's ablations change or drop the hidden layers."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for units in hidden:
+        layers += [nn.Linear(width, units), nn.ReLU(inplace=False), nn.Dropout(dropout)]
+        width = units
+    layers.append(nn.Linear(width, num_classes))  # fc8  (B, num_classes)
+    return nn.Sequential(*layers)
 
 
 INIT_SCHEMES = ("paper", "kaiming")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from convplat.training.models.base import ConvNet, fc_classifier, init_normal
 from convplat.training.models.layers import LocalResponseNorm
 from convplat.training.models.registry import register_model
+from convplat.training.models.variants import (
+    PAPER_FC_UNITS,
+    PAPER_MAPS,
+    ablation,
+    register_variants,
+)
 
 
 class ZFNet(ConvNet):
@@ -27,13 +35,24 @@ class ZFNet(ConvNet):
     optimizer step (§3; the paper does not say when).
 
     Maps: 224 -> conv1 110 -> pool 55 -> conv2 26 -> pool 13 -> conv3-5 13 -> pool 6.
-    Parameters (1000 classes): 62,357,608.
+    Parameters (1000 classes): 62,357,608; ZFNet "(b)" (layers 3,4,5 at 512,1024,512 maps,
+    ``maps=(512, 1024, 512)``, registered as ``zfnet_b``): 107,627,624. ``remove``, ``maps``
+    and ``fc_units`` build Table 3's ablations (``variants.py``).
     """
 
     renormalize_radius = 0.1  # §3: "a fixed radius of 10⁻¹"
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
-        features = nn.Sequential(
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        dropout: float = 0.5,
+        *,
+        remove: Sequence[int] = (),
+        maps: Sequence[int] = PAPER_MAPS,
+        fc_units: int = PAPER_FC_UNITS,
+    ) -> None:
+        ab = ablation(remove, maps, fc_units)  # Table 3 options (variants.py)
+        layers: list[nn.Module] = [
             nn.Conv2d(3, 96, 7, stride=2, padding=1),  # 0 conv1  (B, 96, 110, 110)
             nn.ReLU(inplace=False),
             nn.MaxPool2d(3, 2, ceil_mode=True),  # 2  (B, 96, 55, 55)
@@ -42,19 +61,23 @@ class ZFNet(ConvNet):
             nn.ReLU(inplace=False),
             nn.MaxPool2d(3, 2, ceil_mode=True),  # 6  (B, 256, 13, 13)
             LocalResponseNorm(5, 1e-4, 0.75, 2.0),
-            nn.Conv2d(256, 384, 3, padding=1),  # 8 conv3  (B, 384, 13, 13)
-            nn.ReLU(inplace=False),
-            nn.Conv2d(384, 384, 3, padding=1),  # 10 conv4  (B, 384, 13, 13)
-            nn.ReLU(inplace=False),
-            nn.Conv2d(384, 256, 3, padding=1),  # 12 conv5  (B, 256, 13, 13)
-            nn.ReLU(inplace=False),
-            nn.MaxPool2d(3, 2, ceil_mode=True),  # 14  (B, 256, 6, 6)
-        )
-        classifier = fc_classifier(256 * 6 * 6, num_classes, dropout)  # (B, 9216) -> (B, C)
+        ]
+        width = 256
+        for _, out in ab.convs:  # 8 conv3, 10 conv4, 12 conv5, dense  (B, maps, 13, 13)
+            layers += [nn.Conv2d(width, out, 3, padding=1), nn.ReLU(inplace=False)]
+            width = out
+        layers.append(nn.MaxPool2d(3, 2, ceil_mode=True))  # 14  (B, 256, 6, 6)
+        features = nn.Sequential(*layers)
+        classifier = fc_classifier(width * 6 * 6, num_classes, dropout, ab.hidden)  # (B, C)
         super().__init__(
-            features, classifier, input_size=224, feature_size=6, num_classes=num_classes
+            features,
+            classifier,
+            input_size=224,
+            feature_size=6,
+            num_classes=num_classes,
+            layer_names=ab.layer_names(),
         )
-        self.paper = "Zeiler & Fergus 2014, Fig. 3, §3"
+        self.paper = f"Zeiler & Fergus 2014, Fig. 3, §3{ab.describe()}"
         for layer in self.modules():
             if isinstance(layer, nn.Conv2d | nn.Linear):
                 init_normal(layer, bias=0.0)
@@ -64,6 +87,9 @@ class ZFNet(ConvNet):
 def zfnet(num_classes: int = 1000, **kw) -> ZFNet:
     """ZFNet as in Fig. 3 (dense layers 3-5): 62,357,608 parameters."""
     return ZFNet(num_classes, **kw)
+
+
+register_variants("zfnet", ZFNet)  # zfnet_no34, zfnet_b, ... (Table 3)
 
 
 @torch.no_grad()

@@ -1,0 +1,208 @@
+"""`convplat features`: any layer's activations to Parquet, equal to the model's own forward."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import jpeg_bytes, make_imagenet_tree
+
+from convplat.cli.main import main
+from convplat.config import PrepareConfig
+from convplat.errors import ConfigError
+from convplat.features import extract, read_features, shard_samples
+from convplat.pipeline import prepare
+from convplat.training.augment import center_window
+from convplat.training.checkpoints import state_dict_bytes
+from convplat.training.data import load_stats
+from convplat.training.models import create_model
+from convplat.transfer.features import (
+    FeatureExtractor,
+    decode_pixels,
+    layer_dims,
+    make_transform,
+    resolve_layer,
+)
+
+SCALE = 1 / 64
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, ray_session) -> Path:
+    """Tiny shards (3 classes) and a hand-made AlexNet run trained on them (config + weights)."""
+    root = tmp_path_factory.mktemp("features")
+    make_imagenet_tree(root / "raw", classes=3, train_per_class=3, val_per_class=2, quirks=False)
+    shards = root / "shards"
+    prepare(PrepareConfig(source=str(root / "raw"), out=str(shards), shard_size=4, progress=False))
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=3)
+    run = root / "runs" / "alexnet-test"
+    run.mkdir(parents=True)
+    config = {"model": "alexnet", "num_classes": 3, "data": str(shards), "input_scale": SCALE}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "model.safetensors").write_bytes(state_dict_bytes(model))
+    folder = root / "images"  # a flat folder: no classes; one file is not an image
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"img{i}.jpg").write_bytes(jpeg_bytes(120 + 9 * i, 100, seed=40 + i))
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+def model_inputs(shards: Path, jpegs: list[bytes]) -> torch.Tensor:
+    """The centre 224 crop of 256 JPEGs, preprocessed as in training."""
+    transform = make_transform(load_stats(str(shards))["mean"], SCALE)
+    pixels = decode_pixels(jpegs)
+    top, left, _ = center_window(256, 256, 224)
+    crops = torch.from_numpy(pixels[:, top : top + 224, left : left + 224])
+    windows = torch.tensor([[top, left, 0]] * len(jpegs))
+    return transform(crops, windows, lighting=False)
+
+
+def all_shard_samples(shards: Path):
+    manifest = json.loads((shards / "manifest.json").read_text())
+    keys, labels, jpegs = [], [], []
+    for split in manifest["splits"]:
+        for shard in manifest["splits"][split]["shards"]:
+            k, lab, j = shard_samples(str(shards), shard["name"], shard["count"])
+            keys, labels, jpegs = keys + k, labels + lab, jpegs + j
+    return keys, labels, jpegs
+
+
+def test_fc7_features_from_shards_equal_the_models_activations(workspace: Path):
+    run, shards = workspace / "runs" / "alexnet-test", workspace / "shards"
+    out = workspace / "fc7.parquet"
+    summary = extract(str(run), str(shards), layer="fc7", out=str(out), executor="local")
+    assert summary["rows"] == 15 and summary["dim"] == 4096 and summary["executor"] == "local"
+    back = read_features(str(out))
+    keys, labels, jpegs = all_shard_samples(shards)
+    assert back["keys"] == keys and back["labels"].tolist() == labels
+    index = pd.read_parquet(shards / "index.parquet")  # what `prepare` recorded per key
+    assert dict(zip(index["key"], index["label"], strict=True)) == dict(
+        zip(keys, labels, strict=True)
+    )
+    model = create_model("alexnet", num_classes=3)
+    model.load_state_dict(_weights(run))
+    model.eval()
+    with torch.no_grad():
+        fc7 = model.forward_head(model.forward_features(model_inputs(shards, jpegs)), True)
+    assert back["vectors"].dtype == np.float32 and back["vectors"].shape == (15, 4096)
+    np.testing.assert_allclose(back["vectors"], fc7.numpy(), rtol=1e-4, atol=1e-5)
+    schema = pq.read_schema(out)
+    assert str(schema.field("vector").type) == "fixed_size_list<element: float>[4096]"
+    assert back["meta"]["layer"] == "fc7" and back["meta"]["model"] == "alexnet"
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load
+
+    return load((run / "model.safetensors").read_bytes())
+
+
+@pytest.mark.parametrize("pool", ["flatten", "avg", "max"])
+def test_conv_layers_flattened_or_pooled(workspace: Path, pool: str):
+    run, shards = workspace / "runs" / "alexnet-test", workspace / "shards"
+    out = workspace / f"conv2-{pool}.parquet"
+    extract(str(run), str(shards), layer="conv2", pool=pool, split="val", out=str(out))
+    back = read_features(str(out))
+    model = create_model("alexnet", num_classes=3)
+    model.load_state_dict(_weights(run))
+    model.eval()
+    seen = []
+    # conv2's output in ZFNet's sense: after its ReLU, LRN and max-pool (features[7])
+    hook = model.features[7].register_forward_hook(lambda _m, _i, o: seen.append(o))
+    keys, _, jpegs = all_shard_samples(shards)
+    jpegs = [j for k, j in zip(keys, jpegs, strict=True) if k in set(back["keys"])]
+    with torch.no_grad():
+        model(model_inputs(shards, jpegs))
+    hook.remove()
+    maps = seen[0]  # (N, 256, 13, 13)
+    want = {"flatten": maps.flatten(1), "avg": maps.mean((2, 3)), "max": maps.amax((2, 3))}[pool]
+    assert len(back["keys"]) == 6  # the val split only
+    np.testing.assert_allclose(back["vectors"], want.numpy(), rtol=1e-4, atol=1e-5)
+    assert back["vectors"].shape[1] == (256 * 13 * 13 if pool == "flatten" else 256)
+
+
+def test_cli_ray_tasks_on_a_folder_equal_in_process(workspace: Path, capsys):
+    run = workspace / "runs" / "alexnet-test"
+    local, remote = workspace / "local.parquet", workspace / "ray.parquet"
+    args = [str(run), str(workspace / "images"), "--layer", "logits"]
+    assert main(["features", *args, "--out", str(local), "--executor", "local"]) == 0
+    assert main(["features", *args, "--out", str(remote), "--executor", "ray"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 x 3 fc8 features" in printed and "1 rejected" in printed and "(ray," in printed
+    a, b = read_features(str(local)), read_features(str(remote))
+    assert a["keys"] == b["keys"] == [f"img{i}" for i in range(5)]
+    assert a["labels"].tolist() == [-1] * 5  # a flat folder has no classes
+    np.testing.assert_allclose(a["vectors"], b["vectors"], rtol=1e-4, atol=1e-5)
+    assert a["meta"]["rejected"] == 1
+
+
+def test_transfer_features_use_the_same_extraction(workspace: Path):
+    """transfer's cache path (gather -> extract_chunk) gives the Parquet file's numbers."""
+    from convplat.pipeline.readers import read_dataset
+    from convplat.transfer import load_checkpoint
+    from convplat.transfer.features import gather
+
+    run, raw = workspace / "runs" / "alexnet-test", workspace / "raw"
+    out = workspace / "raw-conv5.parquet"
+    extract(str(run), str(raw), layer="conv5", out=str(out), executor="local")
+    back = read_features(str(out))
+    listing = read_dataset(raw)
+    checkpoint = load_checkpoint(str(run))
+    mean = load_stats(checkpoint.data)["mean"]
+    data = gather(listing, checkpoint, mean, cuts=("conv5",), executor="local")
+    assert back["keys"] == [listing.items[i].key for i in data.kept]
+    assert back["labels"].tolist() == data.labels.tolist()
+    np.testing.assert_allclose(back["vectors"], data.features["conv5"][0], rtol=1e-5, atol=1e-6)
+
+
+def test_layer_names_follow_the_paper_numbering_in_ablations():
+    with torch.device("meta"):
+        zf = create_model("zfnet")
+        no34 = create_model("zfnet_no34")
+        wide = create_model("zfnet_b")
+        accurate = create_model("overfeat_accurate")
+    assert layer_dims(zf, ("conv1", "conv5", "fc6", "fc8"), last_conv_alias=False) == {
+        "conv1": 96 * 55 * 55,  # Fig. 3: 55x55x96 after pool and contrast norm
+        "conv5": 256 * 6 * 6,
+        "fc6": 4096,
+        "fc8": 1000,
+    }
+    assert layer_dims(wide, ("conv4",), pool="avg") == {"conv4": 1024}
+    assert resolve_layer(no34, "logits") == "fc8"
+    with pytest.raises(ConfigError, match="no layer 'conv3'.*conv1, conv2, conv5, fc6"):
+        resolve_layer(no34, "conv3")
+    assert resolve_layer(accurate, "conv5", last_conv_alias=True) == "conv6"  # transfer's cut
+    assert resolve_layer(accurate, "conv5") == "conv5"
+    with pytest.raises(ConfigError, match="--pool"):
+        layer_dims(zf, ("conv1",), pool="mean")
+
+
+def test_extractor_on_an_ablation_without_fc7():
+    torch.manual_seed(0)
+    model = create_model("zfnet_no67", num_classes=4).eval()
+    extractor = FeatureExtractor(model, ("conv5", "fc8"), last_conv_alias=False)
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        out = extractor.forward_all(images)
+        logits = model(images)
+    assert torch.allclose(out["fc8"], logits, atol=1e-6)
+    assert torch.allclose(out["conv5"], model.forward_features(images).flatten(1))
+    with pytest.raises(ConfigError, match="fc7"):
+        FeatureExtractor(model, ("fc7",))
+
+
+def test_user_mistakes_exit_2_with_one_line(workspace: Path, capsys):
+    run = str(workspace / "runs" / "alexnet-test")
+    assert main(["features", run, str(workspace / "shards"), "--layer", "conv9"]) == 2
+    assert main(["features", run, str(workspace / "nowhere")]) == 2
+    assert main(["features", run, str(workspace / "shards"), "--executor", "spark"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("convplat: error:") for line in err)
+    assert "conv9" in err[0] and "nowhere" in err[1] and "--executor" in err[2]
