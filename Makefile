@@ -20,6 +20,7 @@ demo: install
 	$(BIN)/convplat train alexnet --config demo --workers 2
 	$(BIN)/convplat evaluate --mode ten-crop
 	$(BIN)/convplat transfer caltech101 --train-per-class 15 --test-per-class 15 --splits 3 --mode head,scratch
+	$(BIN)/convplat transfer voc2012 --mode head
 
 test: install
 	$(BIN)/ruff check convplat tests benchmarks
@@ -32,6 +33,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/models.py
+	$(BIN)/python benchmarks/dense.py
 
 clean-demo:
 	rm -rf data shards runs

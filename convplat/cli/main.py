@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 import convplat
+from convplat.cli.ablate import ablate_command
+from convplat.cli.features import features_command
 from convplat.errors import ConvplatError
 
 app = typer.Typer(
@@ -54,8 +56,12 @@ def demo_data(
     objects_per_image: Annotated[
         int, typer.Option(help="Objects drawn per image (detection).")
     ] = 1,
+    voc: Annotated[
+        bool, typer.Option("--voc/--no-voc", help="Also write VOCdevkit/VOC2012 (multi-label).")
+    ] = True,
 ) -> None:
-    """Write a small learnable synthetic ImageNet-like set (with boxes) and a Caltech-like set."""
+    """Write a small learnable synthetic ImageNet-like set (with boxes), a Caltech-like set and
+    a PASCAL-VOC-2012-like multi-label set."""
     from convplat.pipeline.demo import make_demo_data
 
     summary = make_demo_data(
@@ -64,6 +70,7 @@ def demo_data(
         seed=seed,
         layout=layout,
         objects_per_image=objects_per_image,
+        voc=voc,
         progress=True,
     )
     imagenet, caltech = summary["imagenet"], summary["caltech101"]
@@ -73,6 +80,12 @@ def demo_data(
         f"{caltech['path']}: {caltech['classes']} classes, {caltech['images']} images; "
         f"{summary['seconds']:.1f} s"
     )
+    if "voc2012" in summary:
+        v = summary["voc2012"]
+        console.print(
+            f"{v['path']}: {v['classes']} VOC classes, {v['train']} train + {v['val']} val "
+            f"images, {v['objects']} objects ({v['difficult']} difficult)"
+        )
 
 
 @app.command()
@@ -249,19 +262,37 @@ def evaluate(
     run: Annotated[
         str | None, typer.Argument(help="Run directory (default: the newest under runs/).")
     ] = None,
-    mode: Annotated[str, typer.Option(help="center or ten-crop.")] = "center",
+    mode: Annotated[
+        str, typer.Option(help="center, ten-crop or dense (OverFeat multi-scale, whole images).")
+    ] = "center",
     data: Annotated[str | None, typer.Option(help="Shards (default: the run's).")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     weights: Annotated[str, typer.Option(help="final, best or latest.")] = "final",
+    scales: Annotated[
+        str,
+        typer.Option(
+            help="dense: shorter sides or HxW, comma-separated; paper = 245,281,317,389,425,461."
+        ),
+    ] = "paper",
+    stride: Annotated[str, typer.Option(help="dense: fine (offset pooling) or coarse.")] = "fine",
+    flip: Annotated[bool, typer.Option(help="dense: also score mirror images.")] = True,
+    source: Annotated[
+        str,
+        typer.Option(
+            help="dense: raw (the tree the shards came from), shards (prepared with a large "
+            "--size), or a dataset directory."
+        ),
+    ] = "raw",
 ) -> None:
-    """Top-1/top-5 error of a trained run (centre crop or ten-crop)."""
+    """Top-1/top-5 error of a trained run (centre crop, ten-crop or OverFeat dense)."""
     from convplat.training import evaluate as run_evaluate
     from convplat.training.checkpoints import newest_run
 
     run = run or newest_run("runs")
+    dense = dict(scales=scales, stride=stride, flip=flip, source=source)
     result = run_evaluate(
-        run, mode=mode, data=data, split=split, batch_size=batch_size, weights=weights
+        run, mode=mode, data=data, split=split, batch_size=batch_size, weights=weights, **dense
     )
     console.print(
         f"{run} ({mode}, {split}, {result['count']} images): "
@@ -273,10 +304,11 @@ def evaluate(
 @app.command()
 def transfer(
     dataset: Annotated[
-        str, typer.Argument(help="caltech101, caltech256 or folder:PATH.")
+        str, typer.Argument(help="caltech101, caltech256, voc2012 or folder:PATH.")
     ] = "caltech101",
     data: Annotated[
-        str | None, typer.Option(help="Dataset root (default: data/caltech101, data/caltech256).")
+        str | None,
+        typer.Option(help="Dataset root (default: data/<dataset>; data/VOCdevkit/VOC2012)."),
     ] = None,
     checkpoint: Annotated[
         str | None,
@@ -309,6 +341,9 @@ def transfer(
         float | None, typer.Option(help="Held-out fraction for that choice.")
     ] = None,
     head_iters: Annotated[int | None, typer.Option(help="Head optimizer iterations.")] = None,
+    voc_loss: Annotated[
+        str | None, typer.Option(help="voc2012 multi-label loss: sigmoid or softmax.")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs for scratch/full.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch for scratch/full.")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam lr for scratch/full.")] = None,
@@ -332,7 +367,8 @@ def transfer(
         str | None, typer.Option(help="cpu or cuda (default: cuda if present).")
     ] = None,
 ) -> None:
-    """Freeze an ImageNet model and train new softmax heads with ZFNet's split protocol."""
+    """Freeze an ImageNet model and train new softmax heads with ZFNet's split protocol
+    (voc2012: multi-label heads on the devkit's train split, per-class AP on val)."""
     from convplat.transfer import TransferConfig, format_table
     from convplat.transfer import transfer as run_transfer
 
@@ -353,6 +389,7 @@ def transfer(
         weight_decays=weight_decays,
         holdout=holdout,
         head_iters=head_iters,
+        voc_loss=voc_loss,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -371,9 +408,18 @@ def transfer(
 
 
 visualize_app = typer.Typer(
-    help="ZFNet visualisations: deconvnet, occlusion, filters, evolution.", no_args_is_help=True
+    help="ZFNet visualisations: deconvnet, occlusion, filters, evolution, correspondence.",
+    no_args_is_help=True,
 )
 app.add_typer(visualize_app, name="visualize")
+
+from convplat.cli.localize import localize_app  # noqa: E402
+
+app.add_typer(localize_app, name="localize")
+
+from convplat.cli.detect import detect_app  # noqa: E402
+
+app.add_typer(detect_app, name="detect")
 
 
 @visualize_app.command("filters")
@@ -418,12 +464,25 @@ def visualize_deconv(
     data: Annotated[str | None, typer.Option(help="Shards (default: the run's).")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder.")] = None,
     weights: Annotated[str, typer.Option(help="final, best or latest.")] = "final",
+    executor: Annotated[str, typer.Option(help="auto, local or ray (top-9 search).")] = "auto",
+    ray_min_images: Annotated[
+        int | None, typer.Option(help="With --executor auto, use Ray tasks from this many images.")
+    ] = None,
 ) -> None:
     """Top-9 activations per feature map projected to pixels beside their patches (PNG)."""
     from convplat.visualize import cli_commands as viz
 
     print(
-        viz.run_deconv(run, layer, maps=viz.parse_maps(maps), data=data, out=out, weights=weights)
+        viz.run_deconv(
+            run,
+            layer,
+            maps=viz.parse_maps(maps),
+            data=data,
+            out=out,
+            weights=weights,
+            executor=executor,
+            ray_min_images=ray_min_images,
+        )
     )
 
 
@@ -446,6 +505,37 @@ def visualize_evolution(
             run, layer, viz.parse_maps(maps), data=data, out=out, epochs=viz.parse_maps(epochs)
         )
     )
+
+
+app.command("ablate")(ablate_command)
+app.command("features")(features_command)
+
+
+@visualize_app.command("correspondence")
+def visualize_correspondence(
+    run: Annotated[str, typer.Argument(help="Run directory.")],
+    images: Annotated[list[str], typer.Argument(help="Images of one kind of object (paper: 5).")],
+    mask: Annotated[
+        list[str], typer.Option(help="x,y,w,h of the part: once for all images, or per image.")
+    ],
+    name: Annotated[str, typer.Option(help="Part name for the output file.")] = "part",
+    random_draws: Annotated[int, typer.Option(help="Random-position controls.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the random masks.")] = 0,
+    coords: Annotated[str, typer.Option(help="image (file pixels) or input (model input).")] = (
+        "image"
+    ),
+    out: Annotated[str | None, typer.Option(help="Output folder.")] = None,
+    weights: Annotated[str, typer.Option(help="final, best or latest.")] = "final",
+) -> None:
+    """ZFNet Table 1: how consistently masking one part changes layers 5 and 7 (JSON)."""
+    from convplat.visualize.correspondence import format_correspondence, run_correspondence
+
+    path, result = run_correspondence(
+        run, images, mask, name=name, random_draws=random_draws, seed=seed, coords=coords,
+        out=out, weights=weights,
+    )  # fmt: skip
+    print(format_correspondence(result))
+    print(f"written to {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
