@@ -281,19 +281,19 @@ def dense_run(tmp_path_factory, ray_session):
     (run / "model.safetensors").write_bytes(state_dict_bytes(model))
     config = {"model": "alexnet", "num_classes": 3, "data": str(shards), "input_scale": 1 / 64}
     (run / "config.json").write_text(json.dumps(config))
-    return run, model
+    return run, model, root
 
 
 def test_evaluate_dense_from_the_raw_tree_and_from_whole_image_shards(dense_run):
     from convplat.training import evaluate
 
-    run, _ = dense_run
+    run, _, root = dense_run
     raw = evaluate(str(run), mode="dense", scales="240,256x300", progress=False)
     assert raw["count"] == 6 and raw["skipped"] == 0 and raw["top5_err"] == 0  # 3 classes
     assert 0 <= raw["top1_err"] <= 1 and raw["scales"] == [240, [256, 300]]
     assert raw["stride"] == "fine" and raw["flip"] is True
     saved = json.loads((Path(run) / "eval-dense-val.json").read_text())
-    assert saved["top1_err"] == raw["top1_err"] and saved["source"].endswith("raw0")
+    assert saved["top1_err"] == raw["top1_err"] and Path(saved["source"]) == root
     shards = evaluate(
         str(run), mode="dense", source="shards", scales="240", stride="coarse", flip=False
     )
@@ -313,7 +313,7 @@ def test_evaluate_dense_scores_match_the_library_per_image(dense_run):
     from convplat.training import evaluate
     from convplat.training.data import load_stats, read_manifest
 
-    run, model = dense_run
+    run, model, _ = dense_run
     config = json.loads((Path(run) / "config.json").read_text())
     manifest = read_manifest(config["data"])
     mean = torch.as_tensor(load_stats(config["data"])["rgb_mean"], dtype=torch.float32)
@@ -331,7 +331,7 @@ def test_evaluate_dense_scores_match_the_library_per_image(dense_run):
 def test_cli_evaluate_dense(dense_run, capsys):
     from convplat.cli.main import main
 
-    run, _ = dense_run
+    run, _, _ = dense_run
     args = ["evaluate", str(run), "--mode", "dense", "--scales", "240", "--stride", "coarse"]
     assert main([*args, "--no-flip"]) == 0
     assert "(dense, val, 6 images): top-1 error" in capsys.readouterr().out

@@ -339,21 +339,28 @@ def test_deconv_figure_grid():
     assert figure[:cell, :cell].std() > 10 and figure[:cell, cell + 4 :].std() > 10
 
 
-def test_run_deconv_with_stub_loader(run_dir, monkeypatch):
+def test_run_deconv_with_stub_loader(run_dir, monkeypatch, tmp_path):
     import convplat.training.data as data
     from convplat.visualize.cli_commands import run_deconv
 
-    def fake_eval_loader(shard_dir, split, *, batch_size, crop_size, mode):
-        assert split == "val" and mode == "center"
+    def fake_eval_loader(shard_dir, split, *, batch_size, crop_size, mode, keys, **_):
+        assert split == "val" and mode == "center" and keys
         rng = np.random.default_rng(0)
         for _ in range(1):
             images = rng.integers(0, 256, (batch_size, crop_size, crop_size, 3), np.uint8)
             windows = torch.tensor([[16, 16, 0]] * batch_size)
-            yield torch.from_numpy(images), torch.zeros(batch_size), windows
+            names = [f"s{i}" for i in range(batch_size)]
+            yield torch.from_numpy(images), torch.zeros(batch_size), windows, names
 
     monkeypatch.setattr(data, "eval_loader", fake_eval_loader)
     run = run_dir
-    path = run_deconv(str(run), 2, maps=[7], batch_size=3)  # 3 of the 9 cells filled
+    config = json.loads((run / "config.json").read_text())
+    val = {"count": 3, "shards": [{"name": "val-000000.tar", "count": 3}]}
+    manifest = {"size": 256, "splits": {"val": val}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "stats.npz").write_bytes((run.parent / "shards/stats.npz").read_bytes())
+    assert config["data"] == str(run.parent / "shards")
+    path = run_deconv(str(run), 2, maps=[7], batch_size=3, data=str(tmp_path), executor="local")
     assert path.endswith("visualize/deconv-layer2.png")
     assert decode(open(path, "rb").read()).std() > 10
 
@@ -362,7 +369,7 @@ def test_run_evolution_over_checkpoints(run_dir, monkeypatch):
     import convplat.training.data as data
     from convplat.visualize.cli_commands import epoch_checkpoints, run_evolution
 
-    def fake_eval_loader(shard_dir, split, *, batch_size, crop_size, mode):
+    def fake_eval_loader(shard_dir, split, *, batch_size, crop_size, mode, **_):
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (2, crop_size, crop_size, 3), np.uint8)
         yield torch.from_numpy(images), torch.zeros(2), torch.tensor([[16, 16, 0]] * 2)
@@ -380,3 +387,177 @@ def test_run_evolution_over_checkpoints(run_dir, monkeypatch):
     side = 7  # conv1's receptive field
     assert rgb.shape == (2 * (2 * (side + 1) + 1), 2 * (2 * (side + 1) + 1), 3)
     assert rgb.std() > 10
+
+
+# --- incremental occlusion ----------------------------------------------------------------
+
+
+def padded_stack() -> nn.Sequential:
+    """Padding, dilation, a padded pool, LRN and a strided conv: every case the windows meet."""
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 5, stride=2, padding=2),
+        nn.ReLU(),
+        LocalResponseNorm(3, 0.5, 0.75, 1.0),
+        nn.MaxPool2d(3, 2, padding=1),
+        nn.Conv2d(6, 8, 3, padding=2, dilation=2),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1, groups=2),
+        nn.ReLU(),
+    )
+
+
+@pytest.mark.parametrize("kind", ["overlap-ceil", "grouped", "padded"])
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 2.0])  # full maps at once, midway, never
+def test_incremental_features_equal_full_passes(kind, fraction):
+    from convplat.visualize.incremental import IncrementalFeatures
+
+    torch.manual_seed(0)
+    layers = (padded_stack() if kind == "padded" else stack(kind)).double().eval()
+    image = torch.randn(3, 45, 49, dtype=torch.float64)
+    side = 8
+    rects = np.array([(t, left, side, side) for t in (0, 9, 20, 37) for left in (0, 13, 41)])
+    fill = torch.randn(len(rects), 3, side, side, dtype=torch.float64)  # not just grey
+    features = IncrementalFeatures(layers, image, rects, full_fraction=fraction)
+    index = np.array([0, 5, 6, 11, 2, 7])
+    got = features(index, fill[index])
+    batch = image[None].repeat(len(index), 1, 1, 1)
+    for n, i in enumerate(index):
+        t, left = rects[i, :2]
+        batch[n, :, t : t + side, left : left + side] = fill[i]
+    with torch.no_grad():
+        expected = layers(batch)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    assert (expected - expected[:1]).abs().amax() > 0.01  # the squares change the maps
+    if fraction == 2.0:  # really windowed all the way, the first window a small part
+        (h, w), area = features.plan[0][0], features.inputs[1][0, 0].numel()
+        assert features.full_from == len(layers) and h * w < area / 4
+
+
+@pytest.mark.parametrize("name", ["alexnet", "zfnet"])
+def test_occlusion_incremental_equals_plain_batches(name):
+    from convplat.visualize.incremental import IncrementalFeatures
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).eval()
+    image = torch.randn(3, 224, 224)
+    fast = occlusion(model, image, size=32, stride=64, batch_size=8)  # 16 positions
+    plain = occlusion(model, image, size=32, stride=64, batch_size=8, incremental=False)
+    for key in ("prob", "feature"):
+        scale = np.abs(plain[key]).max()
+        np.testing.assert_allclose(fast[key], plain[key], rtol=0, atol=1e-4 * scale)
+    assert (fast["label"] == plain["label"]).all() and fast["channel"] == plain["channel"]
+    assert np.ptp(plain["feature"]) > 0  # the square matters
+    rects = np.array([(t, left, 32, 32) for t in fast["tops"] for left in fast["lefts"]])
+    windows = IncrementalFeatures(model.features[:-1], image, rects)
+    assert windows.full_from > 4  # conv1 and conv2 (at least) run on windows only
+
+
+# --- the top-9 search over shards, in process and over Ray ---------------------------------
+
+
+def write_val_shards(root, counts: list[int], size: int = 40):
+    """Validation shards as `convplat prepare` lays them out (random photos; the first image
+    repeated as the last, in another shard, so two samples tie on every map)."""
+    import simplejpeg
+    import webdataset as wds
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    total = sum(counts)
+    photos = [rng.integers(0, 256, (size, size, 3), np.uint8) for _ in range(total - 1)]
+    photos.append(photos[0])
+    shards, n = [], 0
+    for index, count in enumerate(counts):
+        name = f"val-{index:06d}.tar"
+        with wds.TarWriter(str(root / name)) as sink:
+            for _ in range(count):
+                jpeg = simplejpeg.encode_jpeg(photos[n], quality=100)
+                sink.write({"__key__": f"img{n:03d}", "jpg": jpeg, "cls": b"0"})
+                n += 1
+        shards.append({"name": name, "count": count})
+    splits = {"val": {"count": total, "shards": shards}}
+    manifest = {"format_version": 1, "size": size, "crop": True, "splits": splits}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    np.savez(
+        root / "stats.npz",
+        mean=np.full((size, size, 3), 120, np.float32),
+        rgb_mean=np.full(3, 120, np.float32),
+        eigval=np.ones(3, np.float32),
+        eigvec=np.eye(3, dtype=np.float32),
+    )
+    return root
+
+
+def test_search_shards_ray_equals_local(ray_session, tmp_path):
+    from convplat.errors import ConfigError
+    from convplat.visualize.search import search_part, search_shards
+
+    shards = str(write_val_shards(tmp_path / "shards", [3, 4, 2, 3]))
+    torch.manual_seed(0)
+    model = Tiny(stack("overlap-ceil")).eval()
+    model.input_size = 33
+    run = dict(input_scale=0.02, k=4, batch_size=3)
+    local, used = search_shards(model, 2, [0, 3, 5], shards, executor="local", **run)
+    assert used == "local"
+    fanned, used = search_shards(model, 2, [0, 3, 5], shards, executor="ray", **run)
+    assert used == "ray"
+    for c in (0, 3, 5):
+        assert [(a.order, a.y, a.x) for a in fanned[c]] == [(a.order, a.y, a.x) for a in local[c]]
+        torch.testing.assert_close(
+            torch.tensor([a.value for a in fanned[c]]), torch.tensor([a.value for a in local[c]])
+        )
+        for a, b in zip(fanned[c], local[c], strict=True):
+            assert torch.equal(a.image, b.image)
+    values = [a.value for a in local[0]]
+    assert len(values) == 4 and values == sorted(values, reverse=True)
+    every = dict(run, k=12)  # k >= images: each rank's share, and together every image once
+    parts = [
+        search_part(model.features[:5], shards, [0], size=33, rank=r, world_size=3, **every)
+        for r in range(3)
+    ]
+    keys = sorted(a.order for p in parts for a in p[0])
+    assert keys == [f"img{n:03d}" for n in range(12)]
+    assert all(parts)
+    _, used = search_shards(model, 2, [0], shards, executor="auto", ray_min_images=12, **run)
+    assert used == "ray"
+    _, used = search_shards(model, 2, [0], shards, executor="auto", ray_min_images=13, **run)
+    assert used == "local"
+    with pytest.raises(ConfigError, match="--executor"):
+        search_shards(model, 2, [0], shards, executor="spark")
+
+
+def test_top_ties_break_by_key_in_any_order():
+    from convplat.visualize.top import merge_tops, top_of_maps
+
+    torch.manual_seed(0)
+    layers = stack("overlap-ceil")[:5].eval()
+    images = torch.randn(4, 3, 29, 31)
+    images[3] = images[0]  # "d" ties "a" on every map
+    keys = ["a", "b", "c", "d"]
+    forward = top_of_maps(layers, [(images, keys)], [0, 1], k=2)
+    backward = top_of_maps(layers, [(images.flip(0), keys[::-1])], [0, 1], k=2)
+    split = merge_tops(
+        [
+            top_of_maps(layers, [(images[:2], keys[:2])], [0, 1], k=2),
+            top_of_maps(layers, [(images[2:], keys[2:])], [0, 1], k=2),
+        ],
+        k=2,
+    )
+    for c in (0, 1):
+        assert [a.order for a in forward[c]] == [a.order for a in backward[c]]
+        assert [a.order for a in forward[c]] == [a.order for a in split[c]]
+        ranked = [a.order for a in top_of_maps(layers, [(images, keys)], [c], k=4)[c]]
+        assert ranked.index("d") == ranked.index("a") - 1  # equal values: the larger key first
+    # without keys the first seen wins the tie
+    plain = top_of_maps(layers, [images], [0], k=4)[0]
+    first = [a.order for a in plain]
+    assert first.index(0) == first.index(-3) - 1
+
+
+def test_deconv_command_rejects_an_unknown_executor(run_dir, capsys):
+    from convplat.cli.main import main
+
+    code = main(["visualize", "deconv", str(run_dir), "--layer", "2", "--executor", "spark"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--executor: expected one of auto, local, ray" in err[0]

@@ -1,6 +1,8 @@
 """Visualising trained convnets (Zeiler & Fergus 2014): deconvnet projections, top-9
-activations, occlusion sensitivity, first-layer filters and feature evolution."""
+activations (streamed, or fanned out over Ray tasks), occlusion sensitivity (incremental by
+default), first-layer filters, feature evolution and the correspondence measure."""
 
+from convplat.visualize.correspondence import correspondence
 from convplat.visualize.deconv import deconv_project, forward_with_switches, project_down
 from convplat.visualize.occlusion import occlusion
 from convplat.visualize.plots import (
@@ -10,10 +12,12 @@ from convplat.visualize.plots import (
     filters_png,
     occlusion_png,
 )
+from convplat.visualize.search import search_shards
 from convplat.visualize.top import Activation, receptive_field, top_activations
 
 __all__ = [
     "Activation",
+    "correspondence",
     "deconv_figure",
     "deconv_project",
     "evolution_figure",
@@ -24,5 +28,6 @@ __all__ = [
     "occlusion_png",
     "project_down",
     "receptive_field",
+    "search_shards",
     "top_activations",
 ]

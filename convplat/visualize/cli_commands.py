@@ -77,16 +77,10 @@ def run_occlusion(
 
 def val_batches(run_config: dict, size: int, batch_size: int, data: str | None = None):
     """Validation images of a run's shards as (B, 3, size, size) model inputs, centre crops."""
-    from convplat.training.augment import BatchTransform
-    from convplat.training.data import eval_loader, load_stats
+    from convplat.visualize.search import val_batches as shard_batches
 
     shards = data or run_config["data"]
-    transform = BatchTransform.from_stats(
-        load_stats(shards), lighting_std=0.0, input_scale=run_config.get("input_scale", 1.0)
-    ).eval()
-    loader = eval_loader(shards, "val", batch_size=batch_size, crop_size=size, mode="center")
-    for images, _labels, windows in loader:
-        yield transform(images, windows, lighting=False)
+    yield from shard_batches(shards, size, batch_size, run_config.get("input_scale", 1.0))
 
 
 def run_deconv(
@@ -99,16 +93,23 @@ def run_deconv(
     batch_size: int = 32,
     count: int = 8,
     seed: int = 0,
+    executor: str = "auto",
+    ray_min_images: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
 ) -> str:
     """``convplat visualize deconv RUN --layer L [--maps …] [--data …]``: the top-9
     activations of each feature map over the validation shards, projected (Fig. 2 style)
     -> ``deconv-layer<L>.png``. Without ``maps``, ``count`` random maps (ZFNet: "a random
-    subset of feature maps")."""
+    subset of feature maps"). ``executor`` auto/local/ray: Ray tasks, one per shard group,
+    search large validation splits (auto: from ``ray_min_images`` images)."""
+    from convplat.progress import progress_bar
     from convplat.training.checkpoints import load_run_model
     from convplat.visualize.deconv import conv_layers
     from convplat.visualize.plots import deconv_figure, png_bytes
-    from convplat.visualize.top import top_activations
+    from convplat.visualize.search import RAY_MIN_IMAGES, check_executor, search_shards
 
+    check_executor(executor)  # before the (slow) model load
     model, config = load_run_model(run, weights=weights)
     convs = conv_layers(model)
     if not 1 <= layer <= len(convs):
@@ -120,8 +121,20 @@ def run_deconv(
     bad = [m for m in maps if not 0 <= m < width]
     if bad:
         raise ConvplatError(f"expected --maps in 0..{width - 1} for layer {layer}, got {bad}")
-    batches = val_batches(config, model.input_size, batch_size, data)
-    tops = top_activations(model, batches, layer, maps, k=9)
+    with progress_bar(progress) as bar:
+        tops, _ = search_shards(
+            model,
+            layer,
+            maps,
+            data or config["data"],
+            input_scale=config.get("input_scale", 1.0),
+            k=9,
+            batch_size=batch_size,
+            executor=executor,
+            ray_min_images=RAY_MIN_IMAGES if ray_min_images is None else ray_min_images,
+            address=address,
+            progress=bar,
+        )
     if not all(tops.values()):
         raise ConvplatError("no validation images found in the shards")
     figure = deconv_figure(model, tops, layer)

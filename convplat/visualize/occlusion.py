@@ -3,7 +3,9 @@
 The grey square is the mean image, i.e. zero in the mean-subtracted model input. For every
 occluder position we record (b) the total activation of the last conv layer's feature map that
 is strongest on the unoccluded image, (d) the probability of the chosen class and (e) the most
-probable label. Occluded copies are evaluated in batches.
+probable label. Occluded copies are evaluated in batches; by default each conv layer is
+recomputed only where the square can reach it (``convplat.visualize.incremental``), the same
+maps for fewer multiply-adds; ``incremental=False`` runs every copy through the whole net.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+
+from convplat.visualize.incremental import IncrementalFeatures
 
 
 def occluder_positions(side: int, size: int, stride: int) -> list[int]:
@@ -47,6 +51,7 @@ def occlusion(
     size: int = 32,
     stride: int = 8,
     batch_size: int = 64,
+    incremental: bool = True,
 ) -> dict[str, np.ndarray | int]:
     """Occlusion maps over square positions for one (3, H, W) float model input.
 
@@ -55,6 +60,8 @@ def occlusion(
             the model predicts on the unoccluded image.
         size, stride: the square's side and step in input pixels (the paper gives neither).
         batch_size: occluded copies per forward pass (1 = one pass per position).
+        incremental: recompute each conv layer only inside the square's reach, reusing the
+            unoccluded activations elsewhere (same maps); False: full forward passes.
     Returns:
         ``prob`` (ny, nx) probability of ``label``; ``feature`` (ny, nx) total activation of
         feature map ``channel`` (the strongest on the unoccluded image); ``label`` (ny, nx)
@@ -75,10 +82,19 @@ def occlusion(
         tops = occluder_positions(image.shape[1], size, stride)
         lefts = occluder_positions(image.shape[2], size, stride)
         corners = [(t, left) for t in tops for left in lefts]
+        if incremental:
+            rects = np.array([(t, left, size, size) for t, left in corners], np.int64)
+            conv = IncrementalFeatures(model.features[:-1], image, rects)
+            fill = image.new_zeros(1, 1, 1, 1)
         prob, feature, best = [], [], []
         for start in range(0, len(corners), batch_size):
-            chunk = occluded_batch(image, corners[start : start + batch_size], size)
-            maps, probs = _scores(model, chunk)
+            if incremental:
+                index = np.arange(start, min(start + batch_size, len(corners)))
+                maps = conv(index, fill)
+                probs = model.forward_head(model.final_pool(maps)).softmax(dim=1)
+            else:
+                chunk = occluded_batch(image, corners[start : start + batch_size], size)
+                maps, probs = _scores(model, chunk)
             prob.append(probs[:, target])
             feature.append(maps[:, channel].sum(dim=(1, 2)))
             best.append(probs.argmax(dim=1))

@@ -15,10 +15,15 @@ from convplat.visualize.deconv import relu_index
 
 @dataclass(order=True)
 class Activation:
-    """One strong activation: its value, where it sits, and the image it came from."""
+    """One strong activation: its value, where it sits, and the image it came from.
+
+    Activations compare by (value, order): ``order`` breaks ties, the sample's key when the
+    stream carries keys (the same winner whatever order or process saw the samples),
+    else minus the stream position (the first seen wins).
+    """
 
     value: float
-    order: int  # stream position, a stable tie-break
+    order: int | str
     y: int = field(compare=False)
     x: int = field(compare=False)
     image: torch.Tensor = field(compare=False, repr=False)  # (3, H, W) model input
@@ -27,33 +32,59 @@ class Activation:
 @torch.inference_mode()
 def top_activations(
     model: nn.Module,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[torch.Tensor | tuple[torch.Tensor, list[str]]],
     layer: int,
     channels: list[int],
     k: int = 9,
 ) -> dict[int, list[Activation]]:
     """The ``k`` strongest activations of each feature map in ``channels`` at conv ``layer``
     (after its ReLU), at most one per image (its spatial max), streamed over ``batches`` of
-    (B, 3, H, W) model inputs; strongest first."""
-    top = relu_index(model, layer)
-    layers = model.features[: top + 1]
+    (B, 3, H, W) model inputs, or (inputs, sample keys) pairs; strongest first."""
+    return top_of_maps(model.features[: relu_index(model, layer) + 1], batches, channels, k)
+
+
+def top_of_maps(
+    layers: nn.Module,
+    batches: Iterable[torch.Tensor | tuple[torch.Tensor, list[str]]],
+    channels: list[int],
+    k: int = 9,
+) -> dict[int, list[Activation]]:
+    """:func:`top_activations` for the maps that ``layers`` (a conv stack) outputs."""
     heaps: dict[int, list[Activation]] = {c: [] for c in channels}
     seen = 0
-    for images in batches:
-        maps = layers(images)[:, channels]  # (B, len(channels), h, w)
-        best, where = maps.flatten(2).max(dim=2)  # (B, len(channels))
-        width = maps.shape[-1]
-        for b in range(images.shape[0]):
-            for j, c in enumerate(channels):
-                value = float(best[b, j])
-                heap = heaps[c]
-                if len(heap) == k and value <= heap[0].value:
-                    continue
-                y, x = divmod(int(where[b, j]), width)
-                item = Activation(value, -(seen + b), y, x, images[b].clone())
-                (heapq.heappushpop if len(heap) == k else heapq.heappush)(heap, item)
-        seen += images.shape[0]
+    with torch.inference_mode():
+        for batch in batches:
+            images, keys = batch if isinstance(batch, tuple | list) else (batch, None)
+            maps = layers(images)[:, channels]  # (B, len(channels), h, w)
+            best, where = maps.flatten(2).max(dim=2)  # (B, len(channels))
+            width = maps.shape[-1]
+            kept: dict[int, torch.Tensor] = {}  # one copy per image, shared by its maps
+            for b in range(images.shape[0]):
+                order = keys[b] if keys is not None else -(seen + b)
+                for j, c in enumerate(channels):
+                    value = float(best[b, j])
+                    heap = heaps[c]
+                    if len(heap) == k and (value, order) <= (heap[0].value, heap[0].order):
+                        continue
+                    y, x = divmod(int(where[b, j]), width)
+                    if b not in kept:
+                        kept[b] = images[b].clone()
+                    item = Activation(value, order, y, x, kept[b])
+                    (heapq.heappushpop if len(heap) == k else heapq.heappush)(heap, item)
+            seen += images.shape[0]
     return {c: sorted(h, reverse=True) for c, h in heaps.items()}
+
+
+def merge_tops(
+    parts: Iterable[dict[int, list[Activation]]], k: int = 9
+) -> dict[int, list[Activation]]:
+    """The ``k`` strongest per map over several searches' results (each map's top ``k`` of
+    every part suffices: the top ``k`` of a union is among the parts' top ``k``)."""
+    pooled: dict[int, list[Activation]] = {}
+    for part in parts:
+        for c, acts in part.items():
+            pooled.setdefault(c, []).extend(acts)
+    return {c: heapq.nlargest(k, acts) for c, acts in pooled.items()}
 
 
 def receptive_field(model: nn.Module, layer: int) -> tuple[int, int, float]:

@@ -1,0 +1,171 @@
+"""The top-9 search over a validation split (ZFNet §4, Fig. 2), in this process or fanned out
+over Ray tasks when the split is large.
+
+Each Ray task streams one group of shards (a rank of the evaluation loader's shard split:
+whole shards, every sample read once over all tasks) through the conv layers up to the chosen
+layer and returns each map's top ``k``; the driver keeps the top ``k`` of those. Ties are
+broken by sample key, so the result does not depend on how the shards were split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from convplat.errors import ConfigError
+from convplat.visualize.deconv import relu_index
+from convplat.visualize.top import Activation, merge_tops, top_activations, top_of_maps
+
+EXECUTORS = ("auto", "local", "ray")
+RAY_MIN_IMAGES = 2000  # below this a Ray start-up and one model copy per task cost more
+
+
+def val_batches(
+    shards: str,
+    size: int,
+    batch_size: int,
+    input_scale: float = 1.0,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int | None = None,
+    keys: bool = False,
+) -> Iterator[torch.Tensor | tuple[torch.Tensor, list[str]]]:
+    """Validation images of ``shards`` as (B, 3, size, size) model inputs (centre crops, mean
+    subtracted, scaled), with their sample keys when ``keys``; ``rank`` of ``world_size``
+    reads its share of the shards only."""
+    from convplat.training.augment import BatchTransform
+    from convplat.training.data import eval_loader, load_stats
+
+    transform = BatchTransform.from_stats(
+        load_stats(shards), lighting_std=0.0, input_scale=input_scale
+    ).eval()
+    loader = eval_loader(
+        shards,
+        "val",
+        batch_size=batch_size,
+        crop_size=size,
+        mode="center",
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        keys=keys,
+    )
+    for batch in loader:
+        images = transform(batch[0], batch[2], lighting=False)
+        yield (images, batch[3]) if keys else images
+
+
+def search_part(
+    layers: nn.Module,
+    shards: str,
+    channels: list[int],
+    *,
+    size: int,
+    input_scale: float,
+    k: int,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+) -> dict[int, list[Activation]]:
+    """The body of one Ray task (no Ray here): the top ``k`` of each map over share ``rank``
+    of ``world_size`` of the validation shards, read in this process."""
+    batches = val_batches(
+        shards,
+        size,
+        batch_size,
+        input_scale,
+        rank=rank,
+        world_size=world_size,
+        num_workers=0,
+        keys=True,
+    )
+    return top_of_maps(layers.eval(), batches, channels, k)
+
+
+def check_executor(executor: str) -> None:
+    """A user's ``--executor`` must be one of ``EXECUTORS`` (ConfigError otherwise)."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+
+
+def val_count(shards: str) -> tuple[int, int]:
+    """(validation images, validation shards) that the manifest lists."""
+    from convplat.training.data import read_manifest, split_shards
+
+    listed = split_shards(read_manifest(shards), "val")
+    return sum(count for _, count in listed), len(listed)
+
+
+def search_shards(
+    model: nn.Module,
+    layer: int,
+    channels: list[int],
+    shards: str,
+    *,
+    input_scale: float = 1.0,
+    k: int = 9,
+    batch_size: int = 32,
+    executor: str = "auto",
+    ray_min_images: int = RAY_MIN_IMAGES,
+    address: str | None = None,
+    progress=None,
+) -> tuple[dict[int, list[Activation]], str]:
+    """The top ``k`` activations of each map in ``channels`` at conv ``layer`` over the
+    validation split of ``shards``, strongest first, and the executor used (local or ray).
+
+    ``executor``: ``local`` streams the shards here; ``ray`` runs one task per shard group;
+    ``auto`` uses Ray from ``ray_min_images`` validation images (or with ``address``).
+    ``progress``: an optional rich Progress to report finished shard groups on.
+    """
+    check_executor(executor)
+    count, groups = val_count(shards)
+    use_ray = executor == "ray" or (
+        executor == "auto" and (count >= ray_min_images or address is not None)
+    )
+    size = model.input_size
+    if not use_ray:
+        batches = val_batches(shards, size, batch_size, input_scale, keys=True)
+        return top_activations(model.eval(), batches, layer, channels, k), "local"
+    layers = model.features[: relu_index(model, layer) + 1]
+    spec = dict(size=size, input_scale=input_scale, k=k, batch_size=batch_size)
+    return _search_ray(layers, shards, channels, spec, groups, address, progress), "ray"
+
+
+def _search_ray(
+    layers: nn.Module,
+    shards: str,
+    channels: list[int],
+    spec: dict,
+    groups: int,
+    address: str | None,
+    progress,
+) -> dict[int, list[Activation]]:
+    """Fan :func:`search_part` out: about two shard groups per CPU, whole shards each."""
+    import ray
+
+    from convplat.cluster import ensure_ray
+
+    ensure_ray(address)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    tasks = max(1, min(groups, 2 * cpus))
+    task = ray.remote(search_part).options(num_cpus=1, max_retries=2)
+    layers_ref = ray.put(layers)  # conv layers only: a few MB, not the fc weights
+    pending = [
+        task.remote(layers_ref, shards, channels, rank=r, world_size=tasks, **spec)
+        for r in range(tasks)
+    ]
+    advance = (lambda: None) if progress is None else _advancer(progress, tasks)
+    parts = []
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        parts.append(ray.get(done[0]))
+        advance()
+    return merge_tops(parts, spec["k"])
+
+
+def _advancer(progress, tasks: int):
+    bar = progress.add_task("top activations (Ray tasks)", total=tasks, rate="")
+    return lambda: progress.advance(bar, 1)
