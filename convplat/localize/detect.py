@@ -20,7 +20,6 @@ import dataclasses
 import math
 import os
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,7 +51,6 @@ from convplat.training.checkpoints import (
     load_run_model,
     load_training_state,
     read_run_config,
-    save_training_state,
     state_dict_bytes,
     write_json,
     write_jsonl,
@@ -310,7 +308,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     from convplat.training.data import load_stats, read_manifest
-    from convplat.training.trainer import append_event, send_progress, step_reporter
+    from convplat.training.trainer import (
+        append_event,
+        report_epoch,
+        send_progress,
+        step_reporter,
+    )
 
     config = DetectConfig(**loop_config["config"])
     run = resolve(loop_config["run_dir"])
@@ -413,12 +416,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         }
         history.append(metrics)
         meta = {"epoch": epoch, "history": history, "config": dataclasses.asdict(config)}
-        with tempfile.TemporaryDirectory() as directory:
-            ckpt = None
-            if rank == 0:
-                save_training_state(directory, model, optimizer, None, meta)
-                ckpt = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch-{epoch:03d}")
+        report_epoch(rank, epoch, metrics, meta, model, optimizer, None)
         if rank == 0:
             from convplat.training.plots import curves_png
 

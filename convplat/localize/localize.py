@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ from convplat.training.checkpoints import (
     load_training_state,
     load_weights,
     read_run_config,
-    save_training_state,
     state_dict_bytes,
     write_json,
     write_jsonl,
@@ -338,7 +336,12 @@ def localize_loop_per_worker(loop_config: dict) -> None:
     from convplat.training.augment import BatchTransform
     from convplat.training.checkpoints import load_run_model
     from convplat.training.data import load_stats, read_manifest
-    from convplat.training.trainer import build_optimizer, send_progress, step_reporter
+    from convplat.training.trainer import (
+        build_optimizer,
+        report_epoch,
+        send_progress,
+        step_reporter,
+    )
 
     config = LocalizeConfig(**loop_config["config"])
     queue = loop_config["progress"]
@@ -447,16 +450,7 @@ def localize_loop_per_worker(loop_config: dict) -> None:
         }
         history.append(metrics)
         meta = {"epoch": epoch, "history": history, "config": dataclasses.asdict(config)}
-        with tempfile.TemporaryDirectory() as directory:
-            ckpt = None
-            if rank == 0:
-                save_training_state(directory, regressor, optimizer, None, meta)
-                ckpt = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(
-                {k: v for k, v in metrics.items() if v is not None},
-                checkpoint=ckpt,
-                checkpoint_dir_name=f"epoch-{epoch:03d}",
-            )
+        report_epoch(rank, epoch, metrics, meta, regressor, optimizer, None)
         if rank == 0:
             write_jsonl(out, "metrics.jsonl", history)
             out.write_bytes(f"{CHECKPOINTS}/latest", f"epoch-{epoch:03d}\n".encode())

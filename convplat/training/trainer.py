@@ -421,16 +421,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "best": best,
             "config": dataclasses.asdict(config),
         }
-        with tempfile.TemporaryDirectory() as directory:
-            ckpt = None
-            if rank == 0:
-                save_training_state(directory, model, optimizer, scheduler, meta)
-                ckpt = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(
-                {k: v for k, v in metrics.items() if v is not None},
-                checkpoint=ckpt,
-                checkpoint_dir_name=f"epoch-{epoch:03d}",
-            )
+        report_epoch(rank, epoch, metrics, meta, model, optimizer, scheduler)
         if rank == 0:
             _write_epoch_outputs(run, config, history, model, improved, epoch)
             send_progress(queue, "epoch", metrics)
@@ -479,6 +470,26 @@ def _write_epoch_outputs(
     if improved:
         run.write_bytes(BEST_WEIGHTS, state_dict_bytes(model))
         write_json(run, "best.json", history[-1])
+
+
+def report_epoch(
+    rank: int, epoch: int, metrics: dict, meta: dict, model, optimizer, scheduler
+) -> None:
+    """The one ``ray.train.report`` per epoch every rank must make (Ray Train V2 hangs
+    otherwise); rank 0 attaches the ``epoch-NNN`` checkpoint (weights, optimizer, scheduler,
+    ``meta``). Metrics that are None (no validation this epoch) are left out."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            save_training_state(directory, model, optimizer, scheduler, meta)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(
+            {k: v for k, v in metrics.items() if v is not None},
+            checkpoint=checkpoint,
+            checkpoint_dir_name=f"epoch-{epoch:03d}",
+        )
 
 
 def append_event(run, event: dict) -> None:

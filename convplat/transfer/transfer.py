@@ -211,18 +211,7 @@ def transfer(config: TransferConfig) -> dict:
                 settings.append(_summarize(mode, cut, k, per_split))
 
     results = {
-        "dataset": config.dataset,
-        "root": os.path.abspath(root),
-        "layout": listing.layout,
-        "run_dir": run.uri,
-        "checkpoint": {
-            "run": checkpoint.run_dir,
-            "file": checkpoint.file,
-            "model": checkpoint.model,
-            "sha256": checkpoint.sha256,
-        },
-        "classes": names,
-        "images": int(len(data.kept)),
+        **result_header(config, root, listing, run, checkpoint, names, data),
         "class_images": np.bincount(data.labels, minlength=num_classes).tolist(),
         "rejected": [{"path": p, "reason": r} for p, r in data.rejected],
         "skipped": [{"path": p, "reason": r} for p, r in listing.skipped],
@@ -356,6 +345,24 @@ def _split_record(split: Split, predictions, truth, num_classes: int, tick: floa
         "test": int(len(split.test)),
         **extra,
         "seconds": round(time.perf_counter() - tick, 3),
+    }
+
+
+def result_header(config, root: str, listing, run, checkpoint, names: list[str], data) -> dict:
+    """The opening of every transfer's results.json: what was read, with which weights."""
+    return {
+        "dataset": config.dataset,
+        "root": os.path.abspath(root),
+        "layout": listing.layout,
+        "run_dir": run.uri,
+        "checkpoint": {
+            "run": checkpoint.run_dir,
+            "file": checkpoint.file,
+            "model": checkpoint.model,
+            "sha256": checkpoint.sha256,
+        },
+        "classes": names,
+        "images": int(len(data.kept)),
     }
 
 

@@ -38,6 +38,7 @@ from convplat.transfer.features import (
 )
 from convplat.transfer.heads import fit_multilabel_head, multilabel_loss, predict_scores
 from convplat.transfer.protocol import class_average_precisions, row_label
+from convplat.transfer.transfer import result_header
 
 METRIC = "average precision (VOC 2012 area method, per class; 0-labelled images ignored)"
 
@@ -148,18 +149,7 @@ def transfer_voc(config: TransferConfig) -> dict:
 
     parts = {"train": train, "val": val}
     results = {
-        "dataset": config.dataset,
-        "root": os.path.abspath(root),
-        "layout": listing.layout,
-        "run_dir": run.uri,
-        "checkpoint": {
-            "run": checkpoint.run_dir,
-            "file": checkpoint.file,
-            "model": checkpoint.model,
-            "sha256": checkpoint.sha256,
-        },
-        "classes": names,
-        "images": int(len(data.kept)),
+        **result_header(config, root, listing, run, checkpoint, names, data),
         "split_images": {s: int(len(i)) for s, i in parts.items()},
         # Per class and split: images labelled 1, and images labelled 0 (difficult only).
         "positives": {s: (targets[i] == 1).sum(0).tolist() for s, i in parts.items()},
