@@ -321,7 +321,10 @@ def transfer(
         str | None,
         typer.Option(help="head (frozen layers 1-7), scratch, full; comma-separated for several."),
     ] = None,
-    cut: Annotated[str | None, typer.Option(help="fc7, fc6 or conv5; comma-separated.")] = None,
+    cut: Annotated[
+        str | None,
+        typer.Option(help="fc7, fc6 or conv5; comma-separated (ZFNet Table 7: conv5,fc7)."),
+    ] = None,
     train_per_class: Annotated[
         str | None,
         typer.Option(help="Training images per class, e.g. 15,30 (Caltech-256: 15,30,45,60)."),
