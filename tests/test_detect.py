@@ -10,13 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from convplat.cli.main import main
 from convplat.localize.boxes import box_iou
+from convplat.localize.dense import offset_count, window_step
 from convplat.localize.detect import (
     DetectConfig,
     DetectionAP,
     add_background_class,
+    detect_image,
     match_detections,
 )
 from convplat.localize.detection_data import (
@@ -28,6 +31,8 @@ from convplat.localize.detection_data import (
     training_windows,
     window_labels,
 )
+from convplat.localize.localize import build_regressor
+from convplat.localize.regressor import BoxRegressor
 from convplat.training.checkpoints import state_dict_bytes
 from convplat.training.models import create_model, reinitialize
 
@@ -217,6 +222,105 @@ def test_training_patches_give_the_dense_map_logits(alexnet, stride):
     assert float(gaps.max()) < 1e-3 * float(table.abs().max())
 
 
+# --------------------------------------------------------------------------- regressor boxes
+def window_regressor(per_class: bool) -> BoxRegressor:
+    """A regressor that predicts (0, 0, 1, 1) - the whole window - at every location."""
+    record = {"per_class": per_class, "hidden": (8, 4)}
+    regressor = build_regressor(create_model("alexnet", num_classes=3), record)
+    with torch.no_grad():
+        regressor.layers[-1].weight.zero_()
+    return regressor.eval()
+
+
+class FixedBoxRegressor(nn.Module):
+    """A stub that predicts one fixed image box at every location: its window-relative form,
+    computed from the location's window (offset (dy, dx) at pooled cell (y, x) is the
+    interleaved location (y·n + dy, x·n + dx), ``window_step`` pixels apart)."""
+
+    per_class = False
+    num_boxes = 1
+    select = BoxRegressor.select
+
+    def __init__(self, model, stride: str, box: list[float]) -> None:
+        super().__init__()
+        self.n, self.step = offset_count(model, stride), window_step(model, stride)
+        self.s, self.size = model.feature_size, model.input_size
+        self.box = torch.tensor(box)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        offsets, _, h, w = pooled.shape  # one image: offsets = n·n
+        ys = torch.arange(h - self.s + 1).view(1, -1, 1) * self.n
+        xs = torch.arange(w - self.s + 1).view(1, 1, -1) * self.n
+        dy = (torch.arange(offsets) // self.n).view(-1, 1, 1)
+        dx = (torch.arange(offsets) % self.n).view(-1, 1, 1)
+        y0 = ((ys + dy) * self.step).float().expand(offsets, -1, xs.shape[-1])
+        x0 = ((xs + dx) * self.step).float().expand(offsets, ys.shape[1], -1)
+        origin = torch.stack([x0, y0, x0, y0], dim=1)  # (offsets, 4, H, W)
+        return (self.box.view(1, 4, 1, 1) - origin) / self.size
+
+
+def _detector(alexnet):
+    model = create_model("alexnet", num_classes=3)
+    model.load_state_dict(alexnet.state_dict())
+    model.eval()
+    return model, add_background_class(model)
+
+
+@pytest.mark.parametrize(("per_class", "stride"), [(False, "coarse"), (True, "fine")])
+def test_window_predicting_regressor_gives_the_window_detections(alexnet, per_class, stride):
+    model, background = _detector(alexnet)
+    image = np.random.default_rng(2).integers(0, 256, (256, 288, 3), dtype=np.uint8)
+    x = normalise(image, torch.full((3,), 120.0), 1 / 64, "cpu")
+    settings = {"background": background, "scales": (256, 300), "stride": stride}
+    settings["score_threshold"] = 0.0  # every location proposes a box
+    plain = detect_image(model, x, **settings)
+    regressed = detect_image(model, x, **settings, regressor=window_regressor(per_class))
+    assert plain[0].shape[0] > 1
+    for a, b in zip(plain, regressed, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_fixed_box_regressor_moves_every_detection_to_that_box(alexnet):
+    model, background = _detector(alexnet)
+    image = np.random.default_rng(3).integers(0, 256, (256, 288, 3), dtype=np.uint8)
+    x = normalise(image, torch.full((3,), 120.0), 1 / 64, "cpu")
+    box = [37.0, 51.0, 201.0, 180.0]  # scale 256 of a 256-high image: scaled pixels = pixels
+    settings = {"background": background, "scales": (256,), "score_threshold": 0.0}
+    plain = detect_image(model, x, stride="fine", **settings)
+    stub = FixedBoxRegressor(model, "fine", box)
+    boxes, scores, labels = detect_image(model, x, stride="fine", regressor=stub, **settings)
+    # One merged box per class, all of them the stub's box; the windows were elsewhere.
+    assert len(set(labels.tolist())) == len(labels) >= 1
+    torch.testing.assert_close(boxes, torch.tensor([box]).expand_as(boxes), atol=1e-3, rtol=0)
+    assert float(scores.sum()) == pytest.approx(float(plain[1].sum()), rel=1e-4)
+    assert not torch.allclose(plain[0], torch.tensor([box]).expand_as(plain[0]))
+
+
+def test_regressor_that_does_not_fit_is_a_one_line_config_error(tmp_path):
+    from convplat.errors import ConfigError
+    from convplat.localize.detect import load_detection_regressor
+    from convplat.storage import resolve
+
+    run = resolve(str(tmp_path / "cls")).uri
+    config = {"run": run, "weights": "final", "model": "alexnet", "background": 3}
+    record = {"run": run, "weights": "final", "model": "alexnet", "num_classes": 3}
+    record |= {"per_class": False, "hidden": [8, 4]}
+    localize = tmp_path / "localize"
+    localize.mkdir()
+    (localize / "regressor.safetensors").write_bytes(state_dict_bytes(window_regressor(False)))
+    for changes in ({"hidden": [16, 4]}, {"per_class": True}, {"model": "zfnet"}, {}):
+        (localize / "config.json").write_text(json.dumps(record | changes))
+        if not changes:
+            regressor, used = load_detection_regressor(config, str(localize))
+            assert isinstance(regressor, BoxRegressor) and used.startswith("regressor:")
+            continue
+        with pytest.raises(ConfigError) as error:
+            load_detection_regressor(config, str(localize))
+        assert "\n" not in str(error.value) and str(error.value).startswith("--regressor")
+    assert load_detection_regressor(config, None) == (None, "windows")
+    assert load_detection_regressor(config, "auto") == (None, "windows")  # no cls/localize
+
+
 # --------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory, ray_session):
@@ -292,16 +396,40 @@ def test_detect_train_and_eval_through_the_cli(source_run, demo_shards, tmp_path
     assert (run / "checkpoints" / "latest").read_text().strip() == "epoch-001"
     capsys.readouterr()
 
-    args = "--score-threshold 0.0 --limit 4 --scales 256"  # threshold 0: every image has boxes
+    # threshold 0: every image has boxes; no <source>/localize yet, so "auto" uses windows
+    args = "--score-threshold 0.0 --limit 4 --scales 256 --regressor auto"
     assert main(["detect", "eval", str(run), *args.split()]) == 0
     printed = capsys.readouterr().out
     assert "mAP" in printed
     result = json.loads((run / "detect-eval-val.json").read_text())
+    assert result["boxes"] == "windows"
     assert result["images"] == 4 and len(result["per_class"]) == 3
     assert result["map"] is not None and 0.0 <= result["map"] <= 1.0
     assert sum(row["positives"] for row in result["per_class"]) >= 4
     assert sum(row["detections"] for row in result["per_class"]) >= 4
     assert (run / "plots" / "detections-val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A localization dir whose regressor predicts the windows: the same detections, recorded.
+    localize = tmp_path / "localize"
+    localize.mkdir()
+    record = {"run": config["run"], "weights": "final", "model": "alexnet", "num_classes": 3}
+    record |= {"per_class": True, "hidden": [8, 4], "scales": [256], "stride": "fine"}
+    (localize / "config.json").write_text(json.dumps(record))
+    regressor = window_regressor(per_class=True)
+    (localize / "regressor.safetensors").write_bytes(state_dict_bytes(regressor))
+    args += f" --regressor {localize}"
+    assert main(["detect", "eval", str(run), *args.split()]) == 0
+    regressed = json.loads((run / "detect-eval-val.json").read_text())
+    assert regressed["boxes"] == f"regressor:{localize}"
+    assert regressed["per_class"] == result["per_class"] and regressed["map"] == result["map"]
+    # Mistakes are one-line errors: no trained regressor there; one from another run.
+    capsys.readouterr()
+    assert main(["detect", "eval", str(run), "--regressor", str(tmp_path / "none")]) == 2
+    record["run"] = str(tmp_path / "other-run")
+    (localize / "config.json").write_text(json.dumps(record))
+    assert main(["detect", "eval", str(run), "--regressor", str(localize)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("convplat: error: --regressor") for e in errors)
 
 
 @pytest.mark.parametrize(

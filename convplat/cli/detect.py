@@ -121,6 +121,13 @@ def evaluate(
     weights: Annotated[str, typer.Option(help="final or latest.")] = "final",
     limit: Annotated[int, typer.Option(help="Evaluate only this many images (0: all).")] = 0,
     pictures: Annotated[int, typer.Option(help="Images drawn in the PNG.")] = 6,
+    regressor: Annotated[
+        str | None,
+        typer.Option(
+            help="Boxes from a trained localization regressor (a `localize train` output dir, "
+            "e.g. RUN/localize; 'auto': the source run's if trained) instead of the windows."
+        ),
+    ] = None,
 ) -> None:
     """mAP and per-class AP (IoU >= 0.5) with dense multi-scale inference; JSON and PNG."""
     from convplat.localize.detect import evaluate_detector
@@ -136,6 +143,7 @@ def evaluate(
         weights=weights,
         limit=limit,
         pictures=pictures,
+        regressor=regressor,
     )
     table = Table(title=f"detection AP ({split}, {result['images']} images, IoU >= 0.5)")
     for column in ("class", "AP", "positives", "detections", "hits"):
@@ -146,4 +154,6 @@ def evaluate(
         table.add_row(name, ap, str(row["positives"]), str(row["detections"]), str(row["hits"]))
     console.print(table)
     mean = "undefined (no ground-truth boxes)" if result["map"] is None else f"{result['map']:.4f}"
-    console.print(f"mAP {mean}; picture {result['picture']}", markup=False)
+    console.print(
+        f"mAP {mean}; boxes: {result['boxes']}; picture {result['picture']}", markup=False
+    )

@@ -10,13 +10,16 @@ weights, its output layer widened by one background row.
 
 Inference is dense as for localization (§4): at every scale and location the softmax over
 the classes and background; a location whose best object score passes a threshold proposes
-its window as a box; boxes are greedily merged per class (scores accumulated) - any number
-per image, none included. Scored by PASCAL/ILSVRC average precision at IoU >= 0.5.
+its window as a box - or, with a trained localization regressor (``--regressor``), the box the
+regressor predicts at that location, as OverFeat does; boxes are greedily merged per class
+(scores accumulated) - any number per image, none included. Scored by PASCAL/ILSVRC average
+precision at IoU >= 0.5.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import socket
@@ -28,6 +31,7 @@ from itertools import islice
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from convplat.errors import ConfigError, DatasetError
@@ -42,6 +46,8 @@ from convplat.localize.detection_data import (
     train_samples,
     training_windows,
 )
+from convplat.localize.localize import WEIGHTS, build_regressor, output_dir, run_scale
+from convplat.localize.regressor import to_image_boxes
 from convplat.metrics import average_precision
 from convplat.storage import resolve
 from convplat.training.checkpoints import (
@@ -50,6 +56,7 @@ from convplat.training.checkpoints import (
     LATEST,
     load_run_model,
     load_training_state,
+    load_weights,
     read_run_config,
     state_dict_bytes,
     write_json,
@@ -429,6 +436,35 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 # --------------------------------------------------------------------------- inference
+def regressed_boxes(
+    model: nn.Module,
+    regressor: nn.Module,
+    image: Tensor,
+    scale: int,
+    stride: str,
+    labels: Tensor,
+    shape: tuple[int, int],
+) -> Tensor:
+    """Each location's regressor box (L, 4) in the unscaled image's pixels, for its class.
+
+    ``run_scale`` does the offset pooling and interleaving the class map got from
+    ``score_maps``, so location (Y, X) of both maps is the same window; ``shape`` is the class
+    map's (h', w'), checked so a misaligned regressor map fails loudly. ``labels`` (L,) picks
+    each location's 4 outputs of a per-class regressor (ignored by a single-class one).
+    """
+    out = run_scale(model, regressor, image.unsqueeze(0), scale, stride)
+    if tuple(out.boxes.shape[-2:]) != tuple(shape):
+        raise RuntimeError(
+            f"regressor map {tuple(out.boxes.shape[-2:])} does not line up with the class "
+            f"map {tuple(shape)} at scale {scale}"
+        )
+    per_location = out.boxes[0].flatten(1).T[..., None, None]  # (L, 4·boxes, 1, 1)
+    relative = regressor.select(per_location, labels)[..., 0, 0].float()  # (L, 4)
+    pixels = to_image_boxes(relative, out.windows, model.input_size)
+    sx, sy = out.factor
+    return to_frame(pixels.cpu(), (sy, sx))
+
+
 @torch.no_grad()
 def detect_image(
     model: nn.Module,
@@ -440,13 +476,17 @@ def detect_image(
     score_threshold: float = 0.5,
     merge_threshold: float = 0.6,
     max_windows: int = 500,
+    regressor: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Detections in one normalised (3, H, W) image: ``(boxes (K, 4), scores (K,), labels (K,))``.
 
     At every scale and location: softmax over classes and background; a location whose best
-    object probability reaches ``score_threshold`` proposes its window (mapped back to the
-    image's pixels, clipped) with that class and probability; at most ``max_windows`` of the
-    best proposals are greedily merged per class (O §4; merged scores are summed). K may be 0.
+    object probability reaches ``score_threshold`` proposes a box with that class and
+    probability - its window, or with ``regressor`` (a localization ``BoxRegressor`` on the
+    same frozen conv layers) the box it predicts there for that class (O §5: "as for
+    localization") - mapped back to the image's pixels and clipped; at most ``max_windows``
+    of the best proposals are greedily merged per class (O §4; merged scores are summed).
+    K may be 0.
     """
     height, width = image.shape[-2:]
     boxes, scores, labels = [], [], []
@@ -459,9 +499,14 @@ def detect_image(
         probs = logits.softmax(dim=0)[:background].flatten(1)  # (C, h'w')
         best, label = probs.max(dim=0)
         keep = best >= score_threshold
-        windows = window_boxes(model, logits.shape[-2], logits.shape[-1], stride)
-        windows = to_frame(windows, (size[0] / height, size[1] / width)).to(image.device)
-        boxes.append(windows[keep])
+        if regressor is None:
+            proposed = window_boxes(model, logits.shape[-2], logits.shape[-1], stride)
+            proposed = to_frame(proposed, (size[0] / height, size[1] / width))
+        else:
+            shape = (logits.shape[-2], logits.shape[-1])
+            proposed = regressed_boxes(model, regressor, image, scale, stride, label, shape)
+        proposed = proposed.to(image.device)
+        boxes.append(proposed[keep])
         scores.append(best[keep])
         labels.append(label[keep])
     if not boxes:
@@ -475,6 +520,58 @@ def detect_image(
     boxes_t[:, 0::2] = boxes_t[:, 0::2].clamp(0, width)
     boxes_t[:, 1::2] = boxes_t[:, 1::2].clamp(0, height)
     return greedy_merge(boxes_t.cpu(), scores_t.cpu(), labels_t.cpu(), merge_threshold)
+
+
+def load_detection_regressor(config: dict, choice: str | None) -> tuple[nn.Module | None, str]:
+    """The localization regressor ``detect eval --regressor`` asks for, and its label.
+
+    ``choice``: None (windows), ``"auto"`` (``<source run>/localize`` when it holds trained
+    weights, else windows) or a localization output directory. Its boxes only mean something
+    on the conv features it was trained on, so it must come from the detector's own source
+    run and weights, with the same model and classes. Returns ``(regressor or None, "windows"
+    | "regressor:<dir>")``; the regressor is on the CPU, in eval mode.
+    """
+    from convplat.training.models import create_model
+
+    if choice is None:
+        return None, "windows"
+    directory = resolve(output_dir(config["run"], "" if choice == "auto" else choice))
+    trained = directory.exists(WEIGHTS) and directory.exists("config.json")
+    if choice == "auto" and not trained:
+        return None, "windows"
+    if not trained:
+        raise ConfigError(
+            f"--regressor {choice}: no trained regressor ({WEIGHTS} and config.json) in "
+            f"{directory.uri}; train one with `convplat localize train {config['run']}`"
+        )
+    record = json.loads(directory.read_bytes("config.json"))
+    source = (resolve(config["run"]).uri, config.get("weights", "final"))
+    trained_run = resolve(record["run"]).uri if record.get("run") else "?"
+    trained_on = (trained_run, record.get("weights", "final"))
+    if trained_on != source:
+        raise ConfigError(
+            f"--regressor {choice}: trained on the features of {trained_on[0]} "
+            f"({trained_on[1]} weights), but this detector's conv layers are {source[0]}'s "
+            f"({source[1]}); use that run's regressor"
+        )
+    if record.get("model") != config["model"] or record.get("num_classes") != config["background"]:
+        raise ConfigError(
+            f"--regressor {choice}: a {record.get('model')} regressor for "
+            f"{record.get('num_classes')} classes does not fit this {config['model']} detector "
+            f"of {config['background']} classes"
+        )
+    # Built as the localizer built it: on the classification model (C classes, not C + 1).
+    regressor = build_regressor(
+        create_model(record["model"], num_classes=record["num_classes"]), record
+    )
+    try:
+        load_weights(regressor, directory.read_bytes(WEIGHTS))
+    except (RuntimeError, SafetensorError) as exc:  # wrong shapes (feature size) or a bad file
+        reason = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"--regressor {choice}: {WEIGHTS} does not fit its config.json: {reason}"
+        ) from None
+    return regressor.eval(), f"regressor:{directory.uri}"
 
 
 def match_detections(
@@ -564,8 +661,13 @@ def evaluate_detector(
     pictures: int = 6,
     device: str | None = None,
     progress: bool = True,
+    regressor: str | None = None,
 ) -> dict:
     """mAP and per-class AP (IoU >= 0.5) of a detection run on ``split`` of its shards.
+
+    ``regressor`` (see :func:`load_detection_regressor`): None proposes each location's
+    window, ``"auto"`` or a localization directory the box regressor's boxes instead; the JSON
+    records which (``"boxes"``).
 
     Writes ``RUN/detect-eval-<split>.json`` and ``RUN/plots/detections-<split>.png`` (predicted
     boxes in red, ground truth in green, on the first ``pictures`` images); returns the results.
@@ -587,9 +689,12 @@ def evaluate_detector(
         raise ConfigError(f"--stride: expected one of {', '.join(STRIDES)}, got {stride!r}")
     if not scales or min(scales) <= 0:
         raise ConfigError(f"--scales: expected sides > 0, got {scales}")
+    box_regressor, boxes_used = load_detection_regressor(config, regressor)
     model, _ = load_run_model(run, weights)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(target)
+    if box_regressor is not None:
+        box_regressor.to(target)
     shards = data or config["data"]
     manifest = read_manifest(shards)
     background = int(config["background"])
@@ -612,6 +717,7 @@ def evaluate_detector(
                 stride=stride,
                 score_threshold=score_threshold,
                 merge_threshold=merge_threshold,
+                regressor=box_regressor,
             )
             gt_boxes, gt_labels = torch.from_numpy(sample.boxes), torch.from_numpy(sample.labels)
             hits = accumulator.add(boxes, scores, labels, gt_boxes, gt_labels)
@@ -633,6 +739,7 @@ def evaluate_detector(
         "images": images,
         "scales": list(scales),
         "stride": stride,
+        "boxes": boxes_used,
         "score_threshold": score_threshold,
         "merge_threshold": merge_threshold,
         "iou_threshold": IOU_THRESHOLD,
