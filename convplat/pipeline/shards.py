@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import webdataset as wds
@@ -80,13 +80,19 @@ def _split_salt(split: str) -> int:
     return int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "little")
 
 
+def _fields(obj) -> dict:
+    """A flat dataclass's fields as a dict, without ``asdict``'s recursive deep copy of every
+    box and index row; the JSON written (and so the plan digest) is the same."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
 def plan_digest(spec: ShardSpec, options: ShardOptions) -> str:
     """A fingerprint of what the shard should contain; a kept shard must match it."""
     payload = json.dumps(
         {
             "name": spec.name,
-            "options": asdict(options),
-            "items": [asdict(item) for item in spec.items],
+            "options": _fields(options),
+            "items": [_fields(item) for item in spec.items],
         },
         sort_keys=True,
     )
@@ -172,7 +178,7 @@ def write_shard(
     np.savez(part, **partial)
     location.write_bytes(f"{PARTS_DIR}/{spec.name}.npz", part.getvalue())
     location.write_bytes(
-        f"{PARTS_DIR}/{spec.name}.json", json.dumps(asdict(info), sort_keys=True).encode()
+        f"{PARTS_DIR}/{spec.name}.json", json.dumps(_fields(info), sort_keys=True).encode()
     )
     return info, partial
 
