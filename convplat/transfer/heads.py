@@ -120,32 +120,12 @@ def train_softmax(
     x = x.float()
     y = y.long()
     dim = x.shape[1]
-    zeros = {"device": x.device, "dtype": torch.float32}
-    weight = (
-        torch.zeros(num_classes, dim, **zeros) if init is None else init.weight.detach().clone()
-    )
-    bias = torch.zeros(num_classes, **zeros) if init is None else init.bias.detach().clone()
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
+    weight, bias = _start(num_classes, dim, init, x.device)
     if optimizer == "lbfgs":
-        opt = torch.optim.LBFGS(
-            [weight, bias],
-            lr=1.0,
-            max_iter=iters,
-            history_size=20,
-            tolerance_grad=1e-6,
-            tolerance_change=1e-9,
-            line_search_fn="strong_wolfe",
+        return _lbfgs_head(
+            weight, bias, lambda: _objective(x, y, weight, bias, weight_decay), iters
         )
-
-        def closure():
-            opt.zero_grad()
-            loss = _objective(x, y, weight, bias, weight_decay)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-    elif optimizer == "sgd":
+    if optimizer == "sgd":
         generator = torch.Generator().manual_seed(seed)
         order = (torch.randperm(len(y), generator=generator).to(x.device) for _ in range(iters))
         batches = (
@@ -165,9 +145,43 @@ def train_softmax(
             weight_decay=weight_decay,
         )
         return head.requires_grad_(False)
-    else:
-        raise ValueError(f"expected optimizer lbfgs or sgd, got {optimizer!r}")
-    head = nn.Linear(dim, num_classes, device=x.device)
+    raise ValueError(f"expected optimizer lbfgs or sgd, got {optimizer!r}")
+
+
+def _start(
+    num_classes: int, dim: int, init: nn.Linear | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trainable (weight, bias): zeros, or a copy of ``init`` (a warm start)."""
+    zeros = {"device": device, "dtype": torch.float32}
+    weight = (
+        torch.zeros(num_classes, dim, **zeros) if init is None else init.weight.detach().clone()
+    )
+    bias = torch.zeros(num_classes, **zeros) if init is None else init.bias.detach().clone()
+    return weight.requires_grad_(True), bias.requires_grad_(True)
+
+
+def _lbfgs_head(weight: torch.Tensor, bias: torch.Tensor, objective, iters: int) -> nn.Linear:
+    """Minimise the convex ``objective()`` over (weight, bias) with full-batch L-BFGS
+    (strong-Wolfe line search, at most ``iters`` iterations; deterministic)."""
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=iters,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    num_classes, dim = weight.shape
+    head = nn.Linear(dim, num_classes, device=weight.device)
     with torch.no_grad():
         head.weight.copy_(weight.detach())
         head.bias.copy_(bias.detach())
@@ -341,39 +355,13 @@ def train_multilabel(
     """Fit ``W x + b`` to ``x (n, D)`` and ``targets (n, C)`` by minimising
     ``multilabel_loss + weight_decay / 2 * ||W||^2`` with full-batch L-BFGS (convex)."""
     x = x.float()
-    num_classes = targets.shape[1]
-    zeros = {"device": x.device, "dtype": torch.float32}
-    weight = (
-        torch.zeros(num_classes, x.shape[1], **zeros)
-        if init is None
-        else init.weight.detach().clone()
-    )
-    bias = torch.zeros(num_classes, **zeros) if init is None else init.bias.detach().clone()
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [weight, bias],
-        lr=1.0,
-        max_iter=iters,
-        history_size=20,
-        tolerance_grad=1e-6,
-        tolerance_change=1e-9,
-        line_search_fn="strong_wolfe",
-    )
+    weight, bias = _start(targets.shape[1], x.shape[1], init, x.device)
 
-    def closure():
-        opt.zero_grad()
+    def objective() -> torch.Tensor:
         loss = multilabel_loss(x @ weight.T + bias, targets, kind)
-        loss = loss + 0.5 * weight_decay * weight.pow(2).sum()
-        loss.backward()
-        return loss
+        return loss + 0.5 * weight_decay * weight.pow(2).sum()
 
-    opt.step(closure)
-    head = nn.Linear(x.shape[1], num_classes, device=x.device)
-    with torch.no_grad():
-        head.weight.copy_(weight.detach())
-        head.bias.copy_(bias.detach())
-    return head.requires_grad_(False)
+    return _lbfgs_head(weight, bias, objective, iters)
 
 
 def fit_multilabel_head(
