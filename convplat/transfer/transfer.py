@@ -125,18 +125,7 @@ def transfer(config: TransferConfig) -> dict:
     device = default_device(config.device)
     flip = config.augment == "flip"
     run = _run_location(config)
-    record = {
-        **dataclasses.asdict(config),
-        "root": os.path.abspath(root),
-        "layout": listing.layout,
-        "checkpoint_file": checkpoint.file,
-        "checkpoint_sha256": checkpoint.sha256,
-        "model": checkpoint.model,
-        "input_scale": checkpoint.input_scale,
-        "mean_image": checkpoint.data,
-        "classes": names,
-    }
-    write_json(run, "config.json", record)
+    write_json(run, "config.json", run_record(config, root, listing, checkpoint, names))
 
     cuts = config.cuts if "head" in config.modes else ()
     needs_images = any(m in ("scratch", "full") for m in config.modes)
@@ -345,6 +334,21 @@ def _split_record(split: Split, predictions, truth, num_classes: int, tick: floa
         "test": int(len(split.test)),
         **extra,
         "seconds": round(time.perf_counter() - tick, 3),
+    }
+
+
+def run_record(config, root: str, listing, checkpoint, names: list[str]) -> dict:
+    """Every transfer run's config.json: the settings, the data read and the weights used."""
+    return {
+        **dataclasses.asdict(config),
+        "root": os.path.abspath(root),
+        "layout": listing.layout,
+        "checkpoint_file": checkpoint.file,
+        "checkpoint_sha256": checkpoint.sha256,
+        "model": checkpoint.model,
+        "input_scale": checkpoint.input_scale,
+        "mean_image": checkpoint.data,
+        "classes": names,
     }
 
 

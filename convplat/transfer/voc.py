@@ -11,7 +11,6 @@ and ``ap-<setting>.png`` (see docs/transfer.md).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import math
@@ -38,7 +37,7 @@ from convplat.transfer.features import (
 )
 from convplat.transfer.heads import fit_multilabel_head, multilabel_loss, predict_scores
 from convplat.transfer.protocol import class_average_precisions, row_label
-from convplat.transfer.transfer import result_header
+from convplat.transfer.transfer import result_header, run_record
 
 METRIC = "average precision (VOC 2012 area method, per class; 0-labelled images ignored)"
 
@@ -71,21 +70,7 @@ def transfer_voc(config: TransferConfig) -> dict:
         )
     names = list(VOC_CLASSES)
     run = _run_location(config)
-    write_json(
-        run,
-        "config.json",
-        {
-            **dataclasses.asdict(config),
-            "root": os.path.abspath(root),
-            "layout": listing.layout,
-            "checkpoint_file": checkpoint.file,
-            "checkpoint_sha256": checkpoint.sha256,
-            "model": checkpoint.model,
-            "input_scale": checkpoint.input_scale,
-            "mean_image": checkpoint.data,
-            "classes": names,
-        },
-    )
+    write_json(run, "config.json", run_record(config, root, listing, checkpoint, names))
     cuts = config.cuts if "head" in config.modes else ()
     rows = [(m, c) for m in config.modes for c in (cuts if m == "head" else (None,))]
     settings: list[dict] = []
