@@ -7,7 +7,10 @@
      2-core scaling, the ceiling for (c)
 (c) `convplat prepare` end to end through Ray with 1 and with 2 CPUs
 
-Usage: python benchmarks/prepare.py [--images 540] [--large-fraction 0.17] [--repeat 2]
+Usage: python benchmarks/prepare.py [--images 540] [--large-fraction 0.17] [--repeat 3]
+       [--shard-size 45]
+Every path runs once per round, rounds interleave the paths, and each path reports its best
+round.
 Images are generated (photo-like 1/f noise, ~500x375 and ~1000x750, q90) under
 benchmarks/_work/ and reused; no network.
 """
@@ -85,14 +88,13 @@ def convplat_path(data: bytes, stats) -> bytes:
     return sample.jpeg
 
 
-def timed(fn, blobs, repeat: int) -> tuple[float, list[bytes]]:
-    outputs = [fn(b) for b in blobs[:5]]  # warm up
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        outputs = [fn(b) for b in blobs]
-        best = min(best, time.perf_counter() - start)
-    return len(blobs) / best, outputs
+def timed(fn, blobs) -> tuple[float, list[bytes]]:
+    """Images/s of one pass of ``fn`` over ``blobs`` (after a short warm-up), and its outputs."""
+    for b in blobs[:5]:
+        fn(b)
+    start = time.perf_counter()
+    outputs = [fn(b) for b in blobs]
+    return len(blobs) / (time.perf_counter() - start), outputs
 
 
 _BLOBS: list[bytes] = []
@@ -113,22 +115,27 @@ def _pool_chunk(bounds: tuple[int, int]) -> int:
     return bounds[1] - bounds[0]
 
 
-def parallel_rate(blobs: list[bytes], processes: int, repeat: int) -> float:
+class ParallelPath:
     """(b) in ``processes`` plain OS processes, no Ray: what this machine's cores give when
-    nothing but the image work runs (the ceiling for (c))."""
-    import multiprocessing
+    nothing but the image work runs (the ceiling for (c)). The pool lives across rounds."""
 
-    context = multiprocessing.get_context("spawn")
-    step = -(-len(blobs) // (4 * processes))  # a few chunks per process, like shards
-    chunks = [(i, min(i + step, len(blobs))) for i in range(0, len(blobs), step)]
-    with context.Pool(processes, initializer=_pool_init, initargs=(blobs,)) as pool:
-        pool.map(_pool_chunk, [(0, 5)] * processes)  # warm: imports done in every process
-        best = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter()
-            done = sum(pool.map(_pool_chunk, chunks, chunksize=1))
-            best = min(best, time.perf_counter() - start)
-    return done / best
+    def __init__(self, blobs: list[bytes], processes: int) -> None:
+        import multiprocessing
+
+        step = -(-len(blobs) // (4 * processes))  # a few chunks per process, like shards
+        self.chunks = [(i, min(i + step, len(blobs))) for i in range(0, len(blobs), step)]
+        context = multiprocessing.get_context("spawn")
+        self.pool = context.Pool(processes, initializer=_pool_init, initargs=(blobs,))
+        self.pool.map(_pool_chunk, [(0, 5)] * processes)  # warm: imports done in every process
+
+    def rate(self) -> float:
+        start = time.perf_counter()
+        done = sum(self.pool.map(_pool_chunk, self.chunks, chunksize=1))
+        return done / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
 
 
 def psnr(a: bytes, b: bytes) -> float:
@@ -138,6 +145,8 @@ def psnr(a: bytes, b: bytes) -> float:
 
 
 def prepare_rate(root: Path, cpus: int, shard_size: int) -> tuple[float, float]:
+    """Images/s of one `prepare()` on a fresh local Ray with ``cpus`` CPUs (after a warm-up
+    run that starts the workers), and the seconds Ray took to start."""
     import ray
 
     from convplat.cluster import ensure_ray
@@ -163,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=540)
     parser.add_argument("--large-fraction", type=float, default=0.17)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--shard-size", type=int, default=45)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -179,13 +188,31 @@ def main() -> None:
         flush=True,
     )
 
-    rate_a, out_a = timed(naive, blobs, args.repeat)
+    # Rounds interleave every path, and each path keeps its best round: this machine's speed
+    # drifts by tens of percent over minutes, which would otherwise land on whichever path ran
+    # during a slow spell and distort the ratios.
+    best: dict[str, float] = {}
+    ray_start: dict[int, float] = {}
     stats = StatsAccumulator(256)
-    rate_b, out_b = timed(lambda b: convplat_path(b, stats), blobs, args.repeat)
+    parallel = ParallelPath(blobs, 2)
+    for round_ in range(args.repeat):
+        rates = {}
+        rates["a"], out_a = timed(naive, blobs)
+        rates["b"], out_b = timed(lambda b: convplat_path(b, stats), blobs)
+        rates["b2"] = parallel.rate()
+        rates["c1"], ray_start[1] = prepare_rate(root, 1, args.shard_size)
+        rates["c2"], ray_start[2] = prepare_rate(root, 2, args.shard_size)
+        print(
+            f"round {round_ + 1}: " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()),
+            flush=True,
+        )
+        for key, rate in rates.items():
+            best[key] = max(best.get(key, 0.0), rate)
+    parallel.close()
     quality = float(np.mean([psnr(x, y) for x, y in zip(out_a, out_b, strict=True)]))
-    rate_b2 = parallel_rate(blobs, 2, args.repeat)
-    rate_c1, ray1 = prepare_rate(root, 1, args.shard_size)
-    rate_c2, ray2 = prepare_rate(root, 2, args.shard_size)
+    rate_a, rate_b, rate_b2 = best["a"], best["b"], best["b2"]
+    rate_c1, rate_c2 = best["c1"], best["c2"]
+    ray1, ray2 = ray_start[1], ray_start[2]
 
     rows = [
         ("(a) naive Pillow, 1 process", rate_a, 1.0, ""),

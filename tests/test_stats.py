@@ -28,3 +28,19 @@ def test_partial_sums_reduce_to_numpy_statistics():
     assert eigval[0] >= eigval[1] >= eigval[2] >= 0
     np.testing.assert_allclose(eigvec.T @ eigvec, np.eye(3), atol=1e-5)
     assert int(result["count"]) == 7
+
+
+def test_shard_partials_are_uint32_and_merge_without_overflow():
+    acc = StatsAccumulator(4)
+    acc.add(np.full((4, 4, 3), 255, np.uint8))
+    part = acc.to_arrays()
+    assert part["pixel_sum"].dtype == np.uint32  # half the sidecar bytes while exact
+    big = dict(part, pixel_sum=np.full((4, 4, 3), 2**31, np.uint32))
+    total = merge_partials(4, [big] * 4 + [part])
+    assert total["pixel_sum"].dtype == np.uint64
+    assert int(total["pixel_sum"][0, 0, 0]) == 4 * 2**31 + 255
+
+    acc._flush()  # a flushed accumulator (2**24 images) reports its exact uint64 sums
+    flushed = acc.to_arrays()
+    assert flushed["pixel_sum"].dtype == np.uint64
+    assert int(flushed["pixel_sum"][0, 0, 0]) == 255

@@ -15,12 +15,12 @@ import os
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-import webdataset as wds
 
 from convplat.errors import ImageDecodeError
 from convplat.pipeline.image import process_image, transform_boxes_with_index
 from convplat.pipeline.readers import Item
 from convplat.pipeline.stats import StatsAccumulator
+from convplat.pipeline.tar import ShardTar
 from convplat.storage import Location, resolve
 
 PARTS_DIR = "_parts"
@@ -110,58 +110,57 @@ def write_shard(
     location = resolve(out)
     digest = plan_digest(spec, options)
     stats = StatsAccumulator(options.size) if spec.split == "train" else None
-    buffer = io.BytesIO()
+    tar = ShardTar()
     rows: list[dict] = []
     rejected: list[dict] = []
-    with wds.TarWriter(buffer, user="convplat", group="convplat", mtime=0, encoder=False) as sink:
-        for item in spec.items:
-            relpath = _relative(item.path, options.source_root)
-            try:
-                with open(item.path, "rb") as handle:
-                    data = handle.read()
-                sample = process_image(data, options.size, options.quality, options.crop)
-            except ImageDecodeError as exc:
-                rejected.append({"path": relpath, "reason": exc.reason})
-                continue
-            except OSError as exc:
-                rejected.append({"path": relpath, "reason": f"unreadable: {exc.strerror or exc}"})
-                continue
-            geom = sample.geometry
-            kept = transform_boxes_with_index(item.boxes, geom)
-            meta = {
+    for item in spec.items:
+        relpath = _relative(item.path, options.source_root)
+        try:
+            with open(item.path, "rb") as handle:
+                data = handle.read()
+            sample = process_image(data, options.size, options.quality, options.crop)
+        except ImageDecodeError as exc:
+            rejected.append({"path": relpath, "reason": exc.reason})
+            continue
+        except OSError as exc:
+            rejected.append({"path": relpath, "reason": f"unreadable: {exc.strerror or exc}"})
+            continue
+        geom = sample.geometry
+        kept = transform_boxes_with_index(item.boxes, geom)
+        meta = {
+            "key": item.key,
+            "label": item.label,
+            "wnid": options.wnids[item.label] if options.wnids else "",
+            "width": geom.src_w,
+            "height": geom.src_h,
+            "boxes": [box for _, box in kept],
+            "box_labels": [item.box_labels[i] for i, _ in kept] if item.box_labels else [],
+            "source": relpath,
+        }
+        tar.write(
+            item.key,
+            {
+                "jpg": sample.jpeg,
+                "cls": str(item.label).encode(),
+                "json": json.dumps(meta, sort_keys=True).encode(),
+            },
+        )
+        rows.append(
+            {
                 "key": item.key,
+                "split": spec.split,
+                "shard": spec.name,
                 "label": item.label,
-                "wnid": options.wnids[item.label] if options.wnids else "",
+                "wnid": meta["wnid"],
                 "width": geom.src_w,
                 "height": geom.src_h,
-                "boxes": [box for _, box in kept],
-                "box_labels": [item.box_labels[i] for i, _ in kept] if item.box_labels else [],
+                "boxes": meta["boxes"],
                 "source": relpath,
             }
-            sink.write(
-                {
-                    "__key__": item.key,
-                    "jpg": sample.jpeg,
-                    "cls": str(item.label).encode(),
-                    "json": json.dumps(meta, sort_keys=True).encode(),
-                }
-            )
-            rows.append(
-                {
-                    "key": item.key,
-                    "split": spec.split,
-                    "shard": spec.name,
-                    "label": item.label,
-                    "wnid": meta["wnid"],
-                    "width": geom.src_w,
-                    "height": geom.src_h,
-                    "boxes": meta["boxes"],
-                    "source": relpath,
-                }
-            )
-            if stats is not None:
-                stats.add(sample.pixels)
-    payload = buffer.getvalue()
+        )
+        if stats is not None:
+            stats.add(sample.pixels)
+    payload = tar.getvalue()
     info = ShardInfo(
         spec.name,
         spec.split,

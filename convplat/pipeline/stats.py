@@ -27,6 +27,8 @@ class StatsAccumulator:
     rgb_pixels: int = 0
 
     def __post_init__(self) -> None:
+        # Whether pixel_sum holds anything (given sums, or a flush of the uint32 accumulator).
+        self._flushed = self.pixel_sum is not None
         if self.pixel_sum is None:
             self.pixel_sum = np.zeros((self.size, self.size, 3), np.uint64)
         if self.rgb_sum is None:
@@ -61,13 +63,23 @@ class StatsAccumulator:
         self.pixel_sum += self._acc32
         self._acc32[:] = 0
         self._pending = 0
+        self._flushed = True
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The partial sums as plain arrays (for an .npz sidecar or a Ray object)."""
-        self._flush()
+        """The partial sums as plain arrays (for an .npz sidecar or a Ray object).
+
+        ``pixel_sum`` stays uint32 while that is exact (fewer than 2**24 images, always true
+        of one shard): every shard writes it to a sidecar and returns it through Ray, and
+        half the bytes are a measurable part of a shard task (benchmarks/prepare.py).
+        """
+        if self._flushed:
+            self._flush()
+            pixel_sum = self.pixel_sum.copy()
+        else:
+            pixel_sum = self._acc32.copy()
         return {
             "count": np.array(self.count, np.int64),
-            "pixel_sum": self.pixel_sum.copy(),
+            "pixel_sum": pixel_sum,
             "rgb_sum": self.rgb_sum.copy(),
             "rgb_outer": self.rgb_outer.copy(),
             "rgb_pixels": np.array(self.rgb_pixels, np.int64),
@@ -75,8 +87,9 @@ class StatsAccumulator:
 
 
 def merge_partials(size: int, partials) -> dict[str, np.ndarray]:
-    """Sum the partial arrays of several tasks."""
+    """Sum the partial arrays of several tasks (pixel sums in uint64, whatever each part used)."""
     total = StatsAccumulator(size).to_arrays()
+    total["pixel_sum"] = total["pixel_sum"].astype(np.uint64)
     for part in partials:
         for name in total:
             total[name] = total[name] + part[name]
