@@ -5,6 +5,8 @@
     statistics), one process
 (b2) the same path in 2 plain processes (multiprocessing, no Ray): the machine's own
      2-core scaling, the ceiling for (c)
+(b3) prepare's shard tasks (file read, per-image path, tar members, sidecar writes) run one
+     after another in this process: what the shard I/O costs before Ray is involved
 (c) `convplat prepare` end to end through Ray with 1 and with 2 CPUs
 
 Usage: python benchmarks/prepare.py [--images 540] [--large-fraction 0.17] [--repeat 3]
@@ -144,6 +146,24 @@ def psnr(a: bytes, b: bytes) -> float:
     return 10 * np.log10(255**2 / max(np.mean((x - y) ** 2), 1e-12))
 
 
+def serial_shard_rate(root: Path, shard_size: int) -> float:
+    """(b3): the shard tasks `prepare` runs (read, process, statistics, tar, sidecars) called
+    one after another in this process, no Ray: separates shard I/O from Ray's own cost."""
+    from convplat.pipeline.readers import read_dataset
+    from convplat.pipeline.shards import ShardOptions, plan_shards, write_shard
+
+    listing = read_dataset(str(root), "auto")
+    options = ShardOptions(source_root=listing.root, wnids=tuple(c.wnid for c in listing.classes))
+    specs = plan_shards(listing.items, shard_size, 0)
+    out = WORK / "shards-serial"
+    shutil.rmtree(out, ignore_errors=True)
+    write_shard(specs[0], str(out), options)  # warm
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    count = sum(write_shard(spec, str(out), options)[0].count for spec in specs)
+    return count / (time.perf_counter() - start)
+
+
 def prepare_rate(root: Path, cpus: int, shard_size: int) -> tuple[float, float]:
     """Images/s of one `prepare()` on a fresh local Ray with ``cpus`` CPUs (after a warm-up
     run that starts the workers), and the seconds Ray took to start."""
@@ -200,6 +220,7 @@ def main() -> None:
         rates["a"], out_a = timed(naive, blobs)
         rates["b"], out_b = timed(lambda b: convplat_path(b, stats), blobs)
         rates["b2"] = parallel.rate()
+        rates["b3"] = serial_shard_rate(root, args.shard_size)
         rates["c1"], ray_start[1] = prepare_rate(root, 1, args.shard_size)
         rates["c2"], ray_start[2] = prepare_rate(root, 2, args.shard_size)
         print(
@@ -210,7 +231,7 @@ def main() -> None:
             best[key] = max(best.get(key, 0.0), rate)
     parallel.close()
     quality = float(np.mean([psnr(x, y) for x, y in zip(out_a, out_b, strict=True)]))
-    rate_a, rate_b, rate_b2 = best["a"], best["b"], best["b2"]
+    rate_a, rate_b, rate_b2, rate_b3 = best["a"], best["b"], best["b2"], best["b3"]
     rate_c1, rate_c2 = best["c1"], best["c2"]
     ray1, ray2 = ray_start[1], ray_start[2]
 
@@ -229,10 +250,16 @@ def main() -> None:
             f"{rate_b2 / rate_b:.2f}x (b); {rate_b2 / 2 / rate_b:.2f}x (b) per CPU",
         ),
         (
+            "(b3) convplat shard tasks in 1 process, no Ray",
+            rate_b3,
+            rate_b3 / rate_a,
+            f"{rate_b3 / rate_b:.2f}x (b): file reads, tar, sidecars",
+        ),
+        (
             "(c) convplat prepare, Ray 1 CPU",
             rate_c1,
             rate_c1 / rate_a,
-            f"{rate_c1 / rate_b:.2f}x (b) per CPU",
+            f"{rate_c1 / rate_b:.2f}x (b) per CPU; {rate_c1 / rate_b3:.2f}x (b3)",
         ),
         (
             "(c) convplat prepare, Ray 2 CPUs",
