@@ -43,10 +43,14 @@ def train_one_epoch(
     *,
     amp: bool = False,
     after_step: Callable[[], None] | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
     generator: torch.Generator | None = None,
 ) -> dict:
     """Run one pass over ``batches`` of (uint8 images, labels, windows).
+
+    ``on_step(step, loss)`` gets the detached loss tensor: reading it (``float``) waits for the
+    device, so a caller that reports progress reads it only when it shows it, and the GPU
+    keeps a step queued behind the one it runs.
 
     Returns the mean training loss, images, seconds, images/s and the fraction of time spent
     waiting for data (the loader keeps up when it is near 0).
@@ -70,10 +74,11 @@ def train_one_epoch(
         optimizer.step()
         if after_step is not None:
             after_step()
-        loss_sum += loss.detach() * labels.shape[0]
+        loss = loss.detach()
+        loss_sum += loss * labels.shape[0]
         images += labels.shape[0]
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, loss)
         tick = time.perf_counter()
     seconds = time.perf_counter() - started
     mean_loss = float(loss_sum) / max(images, 1)
