@@ -39,7 +39,7 @@ import torchvision
 from convplat.training.augment import BatchTransform
 from convplat.training.data import load_stats, read_manifest, train_loader
 from convplat.training.loop import train_one_epoch
-from convplat.training.models import create_model
+from convplat.training.models import LocalResponseNorm, create_model
 
 WORK = Path(__file__).resolve().parent / "_work" / "gpu"
 BASELINE = "torchvision_alexnet"
@@ -101,23 +101,34 @@ def repeated_shards(shards: Path, out: Path, min_images: int) -> Path:
     return out
 
 
-def build(name: str, classes: int, device: torch.device, channels_last: bool):
+def build(
+    name: str, classes: int, device: torch.device, channels_last: bool, lrn_conv: bool | None = None
+):
+    """(model on ``device``, input size); ``lrn_conv`` forces the LRN window-sum method."""
     torch.manual_seed(0)
     if name == BASELINE:
         model, size = torchvision.models.alexnet(weights=None, num_classes=classes), 224
     else:
         model = create_model(name, num_classes=classes)
         size = model.input_size
+    for module in model.modules():
+        if isinstance(module, LocalResponseNorm):
+            module.conv = lrn_conv
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(device, memory_format=fmt), size
 
 
 def timed_epoch(model, batches, transform, device, amp, warmup, batch, sync_every_step=False):
-    """`train_one_epoch` with a steady-state clock started after ``warmup`` steps."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    mark: dict = {}
+    """`train_one_epoch` with a steady-state clock started after ``warmup`` steps.
+
+    A diverged loss (a random-init net on one repeated batch can blow up) is recorded, not
+    raised: the step costs the same.
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, weight_decay=5e-4)
+    mark: dict = {"images": 0}
 
     def on_step(step: int, loss: torch.Tensor) -> None:
+        mark["images"] += batch
         if sync_every_step:
             float(loss)  # what a per-step progress read costs: the host waits for the device
         if step + 1 == warmup:
@@ -125,13 +136,17 @@ def timed_epoch(model, batches, transform, device, amp, warmup, batch, sync_ever
             mark["start"], mark["steps"] = time.perf_counter(), step + 1
 
     called = time.perf_counter()
-    result = train_one_epoch(
-        model, batches, transform, optimizer, device, amp=amp, on_step=on_step
-    )  # ends with float(loss sum): synchronised
+    try:
+        result = train_one_epoch(
+            model, batches, transform, optimizer, device, amp=amp, on_step=on_step
+        )  # ends with float(loss sum): synchronised
+    except FloatingPointError:
+        result = {"data_wait": float("nan"), "train_loss": float("nan")}
+    sync(device)
     end = time.perf_counter()
     return {
-        "images_per_s": (result["images"] - mark["steps"] * batch) / (end - mark["start"]),
-        "with_startup": result["images"] / (end - called),
+        "images_per_s": (mark["images"] - mark["steps"] * batch) / (end - mark["start"]),
+        "with_startup": mark["images"] / (end - called),
         "data_wait": result["data_wait"],
         "loss": result["train_loss"],
     }
@@ -157,9 +172,12 @@ def section_a(
             precisions = [args.precision]
         else:
             precisions = list(PRECISIONS) if name == "alexnet" else ["fp32", "bf16+cl"]
-        for precision in precisions:
+        has_lrn = any(isinstance(m, LocalResponseNorm) for m in create_model_meta(name))
+        lrn_methods = [None, False] if args.lrn_compare and has_lrn and not compiled else [None]
+        for precision, lrn_conv in itertools.product(precisions, lrn_methods):
             amp, cl = PRECISIONS[precision]
-            model, size = build(name, classes, device, cl)
+            model, size = build(name, classes, device, cl, lrn_conv)
+            label_name = name if lrn_conv is None else f"{name} [shift LRN]"
             batch = next(
                 iter(
                     train_loader(
@@ -178,11 +196,61 @@ def section_a(
                 args.warmup,
                 args.batch,
             )
-            row.update(section=label, model=name, precision=precision, workers=None)
+            row.update(section=label, model=label_name, precision=precision, workers=None)
             results.append(row)
-            print(f"  {name:<20} {precision:<8} {row['images_per_s']:>9.0f} img/s", flush=True)
+            print(
+                f"  {label_name:<28} {precision:<8} {row['images_per_s']:>9.0f} img/s", flush=True
+            )
             del model
             _free(device)
+
+
+def create_model_meta(name: str) -> list:
+    """The modules of ``name`` built on the meta device (no memory): to look for LRN layers."""
+    if name == BASELINE:
+        return []
+    with torch.device("meta"):
+        return list(create_model(name).modules())
+
+
+def section_l(args, device, results: list) -> None:
+    """(L) LocalResponseNorm alone, forward+backward on AlexNet's conv1/conv2 maps."""
+    print(f"\n(L) LRN forward+backward, batch {args.batch}, median of 20")
+    shapes = [(96, 55, 2), (256, 27, 2), (96, 55, 1)]  # channels, side, columns
+    for (channels, side, columns), cl in itertools.product(shapes, (False, True)):
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        x = 20 * torch.randn(args.batch, channels, side, side, device=device)
+        x = x.to(memory_format=fmt)
+        grad = torch.randn_like(x)
+        methods = {
+            "shift": LocalResponseNorm(columns=columns, conv=False),
+            "conv": LocalResponseNorm(columns=columns, conv=True),
+        }
+        if columns == 1:
+            methods["torch"] = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
+        for method, layer in methods.items():
+            row = {
+                "section": "L",
+                "shape": f"{channels}x{side}x{side}/{columns} col",
+                "format": "channels_last" if cl else "contiguous",
+                "method": method,
+                "ms": _median_ms(layer, x, grad, device),
+            }
+            results.append(row)
+            print(f"  {row['shape']:<18} {row['format']:<14} {method:<6} {row['ms']:8.2f} ms")
+
+
+def _median_ms(layer, x, grad, device, reps: int = 20) -> float:
+    times = []
+    for i in range(reps + 3):
+        a = x.detach().requires_grad_()
+        sync(device)
+        start = time.perf_counter()
+        layer(a).backward(grad)
+        sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 1e3 * sorted(times)[len(times) // 2]
 
 
 def section_b(args, shards: Path, device, classes: int, results: list) -> None:
@@ -307,6 +375,21 @@ def report(results: list, args) -> None:
         eager = a.get((model, precision))
         vs_eager = f"{rate / eager:.2f}x" if eager else "-"
         print(f"| {model} | {precision} | {rate:,.0f} | {vs_eager} |")
+    lrn = [r for r in results if r["section"] == "L"]
+    if lrn:
+        print(
+            "\n| (L) LRN input | format | method | ms fwd+bwd | vs shift |\n|---|---|---|---:|---:|"
+        )
+    for r in lrn:
+        shift = next(
+            q["ms"]
+            for q in lrn
+            if q["shape"] == r["shape"] and q["format"] == r["format"] and q["method"] == "shift"
+        )
+        print(
+            f"| {r['shape']} | {r['format']} | {r['method']} | {r['ms']:.2f} | "
+            f"{shift / r['ms']:.2f}x |"
+        )
     name = args.models.split(",")[0]
     print(
         f"\n| (B) {name}, loader | precision | workers | pin | sync/step | img/s steady | "
@@ -350,7 +433,12 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16+cl", choices=list(PRECISIONS))
     parser.add_argument("--workers", default="0,4,8,14", help="loader processes in (B)")
     parser.add_argument("--ray-epochs", type=int, default=2)
-    parser.add_argument("--sections", default="A,B,C,D", help="D: (A) under torch.compile")
+    parser.add_argument(
+        "--lrn-compare", action="store_true", help="(A) also with LRN as shifted adds"
+    )
+    parser.add_argument(
+        "--sections", default="A,B,C,D", help="D: (A) under torch.compile; L: the LRN layer"
+    )
     parser.add_argument("--json", default=None, help="also write every row here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -369,6 +457,7 @@ def main() -> None:
         "B": lambda: section_b(args, shards, device, classes, results),
         "C": lambda: section_c(args, shards, device, results),
         "D": lambda: section_a(args, shards, device, classes, results, compiled=True),
+        "L": lambda: section_l(args, device, results),
     }
     try:
         for section in args.sections.split(","):

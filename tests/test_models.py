@@ -21,6 +21,7 @@ from convplat.training.models import (
     register_model,
     renormalize_filters,
 )
+from convplat.training.models.layers import conv_windows
 from convplat.training.models.variants import VARIANTS, variant_names
 
 # The published nets; ZFNet Table 3's ablations (alexnet_*, zfnet_* variants) are tested below.
@@ -302,26 +303,28 @@ def _lrn_by_formula(a: np.ndarray, n=5, k=2.0, alpha=1e-4, beta=0.75) -> np.ndar
     return b
 
 
-def test_lrn_is_the_paper_formula():
+@pytest.mark.parametrize("conv", [False, True])
+def test_lrn_is_the_paper_formula(conv):
     a = 40 * torch.randn(2, 9, 3, 4, dtype=torch.float64)  # large enough that α·Σa² matters
     want = _lrn_by_formula(a.numpy())
     assert np.abs(want - a.numpy() / 2**0.75).max() > 0.1  # the sum term is not negligible
-    got = LocalResponseNorm()(a).numpy()
+    got = LocalResponseNorm(conv=conv)(a).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-12)
     # PyTorch's own module divides α by n: the paper's α = 1e-4 is its 5e-4.
     torch_lrn = nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(a).numpy()
     np.testing.assert_allclose(torch_lrn, want, rtol=1e-12)
     # Two columns: each half is normalised on its own (N = 4 + 4 here, not 8).
     a8 = a[:, :8]
-    got2 = LocalResponseNorm(columns=2)(a8).numpy()
+    got2 = LocalResponseNorm(columns=2, conv=conv)(a8).numpy()
     halves = [_lrn_by_formula(a8[:, :4].numpy()), _lrn_by_formula(a8[:, 4:].numpy())]
     np.testing.assert_allclose(got2, np.concatenate(halves, 1), rtol=1e-12)
 
 
+@pytest.mark.parametrize("conv", [False, True])
 @pytest.mark.parametrize(("size", "beta", "columns"), [(5, 0.75, 1), (5, 0.75, 2), (4, 0.6, 1)])
-def test_lrn_gradient(size, beta, columns):
+def test_lrn_gradient(size, beta, columns, conv):
     """The hand-written backward: finite differences, and autograd through PyTorch's LRN."""
-    lrn = LocalResponseNorm(size, alpha=1e-2, beta=beta, k=2.0, columns=columns)
+    lrn = LocalResponseNorm(size, alpha=1e-2, beta=beta, k=2.0, columns=columns, conv=conv)
     a = (5 * torch.randn(2, 8, 3, 3, dtype=torch.float64)).requires_grad_()
     assert torch.autograd.gradcheck(lrn, (a,))
     if columns == 1:
@@ -330,6 +333,26 @@ def test_lrn_gradient(size, beta, columns):
         ref = nn.functional.local_response_norm(a, size, 1e-2 * size, beta, 2.0)
         (theirs,) = torch.autograd.grad(ref, a, grad)
         torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_lrn_channels_last_and_autocast(conv):
+    """Any memory format gives the same values; under bf16 autocast the sums stay float32
+    (only the cast of the result back to bf16 rounds)."""
+    lrn = LocalResponseNorm(columns=2, conv=conv)
+    a = 30 * torch.randn(2, 16, 5, 6)
+    want = lrn(a)
+    got = lrn(a.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = lrn(a.bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), lrn(a.bfloat16().float()), rtol=8e-3, atol=1e-2)
+
+
+def test_lrn_picks_conv_windows_off_cpu():
+    assert not conv_windows(torch.device("cpu"))
+    assert conv_windows(torch.device("cuda", 0))
 
 
 @pytest.mark.parametrize("name", ["alexnet", "alexnet_1col", "zfnet"])
