@@ -566,3 +566,18 @@ def test_variant_names_resolve_to_the_family_recipe():
     config = resolve_train_config("zfnet-no34")
     assert config.model == "zfnet_no34" and config.recipe == "zfnet"
     assert resolve_train_config("alexnet_b").recipe == "alexnet"
+
+
+def test_lrn_traces_whole_under_torch_compile(monkeypatch):
+    """On an accelerator the eager LRN takes cached conv weights; under torch.compile it takes
+    the shifted adds, which trace into one graph (no break) for the compiler to fuse."""
+    import torch._dynamo
+
+    from convplat.training.models import layers
+
+    monkeypatch.setattr(layers, "conv_windows", lambda device: True)
+    lrn = LocalResponseNorm(columns=2)
+    x = torch.randn(2, 8, 5, 5)
+    explained = torch._dynamo.explain(lrn)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    torch._dynamo.reset()

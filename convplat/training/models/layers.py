@@ -143,8 +143,8 @@ class LocalResponseNorm(nn.Module):
     GPU never has neighbours on the other (N = 48 per column, not 96).
     Half/bfloat16 inputs are normalised in float32 and cast back. ``conv`` picks how window
     sums are taken (see ``_LRNFunction``); the default, None, lets :func:`conv_windows` choose
-    by device. On GPUs the 1x1 convolution may run in TF32, as PyTorch lets cuDNN do for the
-    model's own float32 convolutions.
+    by device, and takes shifted adds under torch.compile, which fuses them. On GPUs the 1x1
+    convolution may run in TF32, as PyTorch lets cuDNN do for the model's own float32 convs.
     """
 
     def __init__(
@@ -165,7 +165,9 @@ class LocalResponseNorm(nn.Module):
             raise ValueError(f"expected channels divisible by {self.columns}, got {x.shape[1]}")
         low = x.dtype in (torch.float16, torch.bfloat16)
         a = x.float() if low else x
-        conv = conv_windows(a.device) if self.conv is None else self.conv
+        conv = self.conv
+        if conv is None:  # torch.compile fuses the shifted adds; the cached weights break graphs
+            conv = conv_windows(a.device) and not torch.compiler.is_compiling()
         out = _LRNFunction.apply(a, self.size, self.alpha, self.beta, self.k, self.columns, conv)
         return out.to(x.dtype) if low else out
 
