@@ -95,7 +95,9 @@ class _LRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, size: int, alpha: float, beta: float, k: float, columns: int, conv: bool):
-        with _full_precision(a.device):
+        # ``a`` is float32 already; only the matrix product needs autocast held off (and the
+        # context stays out of the shifted-add path that torch.compile traces)
+        with _full_precision(a.device) if conv else contextlib.nullcontext():
             sq = a * a
             if conv:
                 w, wt, bias = _window_weights(
@@ -116,7 +118,7 @@ class _LRNFunction(torch.autograd.Function):
     def backward(ctx, grad):
         a, d, scale, wt = ctx.saved_tensors
         size, alpha, beta, columns = ctx.constants
-        with _full_precision(a.device):
+        with _full_precision(a.device) if wt is not None else contextlib.nullcontext():
             g_scaled = grad * scale  # g_i d_i^-β
             t = (g_scaled * a).div_(d)  # g_j a_j d_j^(-β-1)
             if wt is not None:
