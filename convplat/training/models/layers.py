@@ -61,8 +61,8 @@ def _window_weights(
 
 
 def _pow_neg(d: torch.Tensor, beta: float) -> torch.Tensor:
-    """d^-β; on the CPU β = 3/4 as rsqrt(d·sqrt(d)), several times faster than pow there."""
-    if beta == 0.75 and d.device.type == "cpu":
+    """d^-β; β = 3/4 as rsqrt(d·sqrt(d)), several times faster than pow on CPU."""
+    if beta == 0.75:
         s = d.sqrt()
         return s.mul_(d).rsqrt_()
     return d.pow(-beta)
@@ -81,55 +81,65 @@ def _full_precision(device: torch.device):
     return contextlib.nullcontext()
 
 
-class _LRNFunction(torch.autograd.Function):
+class _ShiftLRN(torch.autograd.Function):
     """b_i = a_i d_i^-β with d_i = k + α Σ_window a_j², and its hand-written gradient
 
     ∂L/∂a_i = g_i d_i^-β − 2αβ a_i Σ_{j: i in window(j)} g_j a_j d_j^(-β-1).
 
-    Both window sums are either one 1x1 convolution with a banded (C, C) matrix (``conv``:
-    one kernel instead of a launch and a memory pass per neighbour) or shifted in-place adds
-    over channel slices; both work in any memory format and are 2-3x faster forward+backward
-    on CPU than ``F.local_response_norm``'s avg_pool3d. Always float32 or wider, also under
-    autocast: sums of squares lose too much in bfloat16.
+    Window sums as shifted in-place adds over channel slices (a few memory passes, any memory
+    format): about 2-3x faster forward+backward on CPU than ``F.local_response_norm``'s
+    avg_pool3d, and plain enough for torch.compile to trace and fuse.
     """
 
     @staticmethod
-    def forward(ctx, a, size: int, alpha: float, beta: float, k: float, columns: int, conv: bool):
-        # ``a`` is float32 already; only the matrix product needs autocast held off (and the
-        # context stays out of the shifted-add path that torch.compile traces)
-        with _full_precision(a.device) if conv else contextlib.nullcontext():
-            sq = a * a
-            if conv:
-                w, wt, bias = _window_weights(
-                    a.shape[1], size, columns, alpha, k, a.device, a.dtype
-                )
-                d = F.conv2d(sq, w, bias)
-            else:
-                wt = None
-                d = sq.mul(alpha).add_(k)  # (B, C, H, W): k + α a_i², then the neighbours
-                for dst, src in _window_pairs(size, a.shape[1], columns):
-                    d[:, dst].add_(sq[:, src], alpha=alpha)
-            scale = _pow_neg(d, beta)
-        ctx.save_for_backward(a, d, scale, wt)
+    def forward(ctx, a, size: int, alpha: float, beta: float, k: float, columns: int):
+        sq = a * a
+        d = sq.mul(alpha).add_(k)  # (B, C, H, W): k + α a_i², then the neighbours
+        for dst, src in _window_pairs(size, a.shape[1], columns):
+            d[:, dst].add_(sq[:, src], alpha=alpha)
+        scale = _pow_neg(d, beta)
+        ctx.save_for_backward(a, d, scale)
         ctx.constants = (size, alpha, beta, columns)
         return a * scale
 
     @staticmethod
     def backward(ctx, grad):
-        a, d, scale, wt = ctx.saved_tensors
+        a, d, scale = ctx.saved_tensors
         size, alpha, beta, columns = ctx.constants
-        with _full_precision(a.device) if wt is not None else contextlib.nullcontext():
+        g_scaled = grad * scale  # g_i d_i^-β
+        t = (g_scaled * a).div_(d)  # g_j a_j d_j^(-β-1)
+        c = -2.0 * alpha * beta
+        out = torch.addcmul(g_scaled, a, t, value=c)
+        for dst, src in _window_pairs(size, a.shape[1], columns, transpose=True):
+            out[:, dst].addcmul_(a[:, dst], t[:, src], value=c)
+        return out, None, None, None, None, None
+
+
+class _ConvLRN(torch.autograd.Function):
+    """The same function and gradient as :class:`_ShiftLRN`, each window sum one 1x1
+    convolution with a banded (C, C) matrix: one kernel instead of a launch and a memory pass
+    per neighbour. Autocast is held off around it: sums of squares lose too much in bf16.
+    """
+
+    @staticmethod
+    def forward(ctx, a, size: int, alpha: float, beta: float, k: float, columns: int):
+        with _full_precision(a.device):
+            w, wt, bias = _window_weights(a.shape[1], size, columns, alpha, k, a.device, a.dtype)
+            d = F.conv2d(a * a, w, bias)
+            scale = d.pow(-beta)
+        ctx.save_for_backward(a, d, scale, wt)
+        ctx.beta = beta
+        return a * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, d, scale, wt = ctx.saved_tensors
+        with _full_precision(a.device):
             g_scaled = grad * scale  # g_i d_i^-β
             t = (g_scaled * a).div_(d)  # g_j a_j d_j^(-β-1)
-            if wt is not None:
-                window = F.conv2d(t, wt)  # α Σ_{j: i in window(j)} t_j
-                out = torch.addcmul(g_scaled, a, window, value=-2.0 * beta)
-            else:
-                c = -2.0 * alpha * beta
-                out = torch.addcmul(g_scaled, a, t, value=c)
-                for dst, src in _window_pairs(size, a.shape[1], columns, transpose=True):
-                    out[:, dst].addcmul_(a[:, dst], t[:, src], value=c)
-        return out, None, None, None, None, None, None
+            window = F.conv2d(t, wt)  # α Σ_{j: i in window(j)} t_j
+            out = torch.addcmul(g_scaled, a, window, value=-2.0 * ctx.beta)
+        return out, None, None, None, None, None
 
 
 class LocalResponseNorm(nn.Module):
@@ -144,9 +154,10 @@ class LocalResponseNorm(nn.Module):
     the columns exchange data only at conv3 and the fc layers (§3.2), so a kernel map on one
     GPU never has neighbours on the other (N = 48 per column, not 96).
     Half/bfloat16 inputs are normalised in float32 and cast back. ``conv`` picks how window
-    sums are taken (see ``_LRNFunction``); the default, None, lets :func:`conv_windows` choose
-    by device, and takes shifted adds under torch.compile, which fuses them. On GPUs the 1x1
-    convolution may run in TF32, as PyTorch lets cuDNN do for the model's own float32 convs.
+    sums are taken (``_ConvLRN`` or ``_ShiftLRN``); the default, None, lets
+    :func:`conv_windows` choose by device, and takes shifted adds under torch.compile, which
+    fuses them. On GPUs the 1x1 convolution may run in TF32, as PyTorch lets cuDNN do for the
+    model's own float32 convolutions.
     """
 
     def __init__(
@@ -170,7 +181,8 @@ class LocalResponseNorm(nn.Module):
         conv = self.conv
         if conv is None:  # torch.compile fuses the shifted adds; the cached weights break graphs
             conv = conv_windows(a.device) and not torch.compiler.is_compiling()
-        out = _LRNFunction.apply(a, self.size, self.alpha, self.beta, self.k, self.columns, conv)
+        function = _ConvLRN if conv else _ShiftLRN
+        out = function.apply(a, self.size, self.alpha, self.beta, self.k, self.columns)
         return out.to(x.dtype) if low else out
 
     def extra_repr(self) -> str:
