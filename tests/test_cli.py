@@ -73,7 +73,11 @@ def test_empty_dataset_is_a_user_error(tmp_path):
 def test_models_table_lists_every_network_with_its_counts():
     result = run_cli("models")
     assert result.returncode == 0
-    for name, params in (("alexnet_1col", "62,378,344"), ("zfnet", "62,357,608"),
-                         ("overfeat_fast", "145,920,872"), ("overfeat_accurate", "144,656,488")):
+    for name, params in (
+        ("alexnet_1col", "62,378,344"),
+        ("zfnet", "62,357,608"),
+        ("overfeat_fast", "145,920,872"),
+        ("overfeat_accurate", "144,656,488"),
+    ):
         assert name in result.stdout and params in result.stdout
     assert "60,965,224" in result.stdout and "724,406,816" in result.stdout

@@ -18,7 +18,10 @@ def test_topk_correct_matches_a_direct_count():
     labels = torch.randint(0, 7, (50,), generator=generator)
     ranks = (logits > logits.gather(1, labels[:, None])).sum(dim=1)  # how many score higher
     assert topk_correct(logits, labels, (1, 3, 5)) == [
-        int((ranks < 1).sum()), int((ranks < 3).sum()), int((ranks < 5).sum())]
+        int((ranks < 1).sum()),
+        int((ranks < 3).sum()),
+        int((ranks < 5).sum()),
+    ]
     assert topk_correct(logits[:, :3], labels.clamp(max=2), (1, 5))[1] == 50  # k > classes
 
 
@@ -44,8 +47,9 @@ def test_evaluate_batches_is_exact_with_an_uneven_last_batch():
     table = torch.randn(23, 10, generator=generator)
     labels = torch.randint(0, 10, (23,), generator=generator)
     ids = torch.arange(23)
-    result = evaluate_batches(Lookup(table), batches_of(ids, labels, 5),
-                              lambda x, w: x, torch.device("cpu"))
+    result = evaluate_batches(
+        Lookup(table), batches_of(ids, labels, 5), lambda x, w: x, torch.device("cpu")
+    )
     top1, top5 = topk_correct(table, labels)
     assert result["count"] == 23
     assert result["top1_err"] == pytest.approx(1 - top1 / 23)
@@ -59,8 +63,9 @@ def test_ten_crop_evaluation_averages_softmax_per_image():
     ids = torch.arange(4)
     labels = torch.tensor([1, 1])
     batches = [(ids, labels, torch.zeros(2, 3, dtype=torch.int64))]
-    result = evaluate_batches(Lookup(table), batches, lambda x, w: x, torch.device("cpu"),
-                              crops_per_image=2)
+    result = evaluate_batches(
+        Lookup(table), batches, lambda x, w: x, torch.device("cpu"), crops_per_image=2
+    )
     # image 0: mean softmax favours class 0 (wrong); image 1: class 1 (right)
     assert result["top1_err"] == pytest.approx(0.5)
 
@@ -70,20 +75,33 @@ def test_train_one_epoch_reports_loss_images_and_wait():
     model = Lookup(table)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    first = train_one_epoch(model, batches_of(torch.arange(8), labels, 4),
-                            lambda x, w, generator=None: x, optimizer, torch.device("cpu"))
+    first = train_one_epoch(
+        model,
+        batches_of(torch.arange(8), labels, 4),
+        lambda x, w, generator=None: x,
+        optimizer,
+        torch.device("cpu"),
+    )
     assert first["images"] == 8 and 0 <= first["data_wait"] <= 1
     assert first["train_loss"] == pytest.approx(torch.log(torch.tensor(3.0)).item(), rel=1e-5)
-    second = train_one_epoch(model, batches_of(torch.arange(8), labels, 4),
-                             lambda x, w, generator=None: x, optimizer, torch.device("cpu"))
+    second = train_one_epoch(
+        model,
+        batches_of(torch.arange(8), labels, 4),
+        lambda x, w, generator=None: x,
+        optimizer,
+        torch.device("cpu"),
+    )
     assert second["train_loss"] < first["train_loss"]
 
 
 def test_recipes_layer_defaults_recipe_file_and_flags(tmp_path):
     assert resolve_train_config("zfnet").epochs == 70
     overfeat = resolve_train_config("overfeat-fast")
-    assert (overfeat.lr, overfeat.momentum, overfeat.milestones) == (0.05, 0.6,
-                                                                      (30, 50, 60, 70, 80))
+    assert (overfeat.lr, overfeat.momentum, overfeat.milestones) == (
+        0.05,
+        0.6,
+        (30, 50, 60, 70, 80),
+    )
     custom = tmp_path / "mine.toml"
     custom.write_text("epochs = 7\nlr = 0.02\n")
     config = resolve_train_config("alexnet", str(custom), {"lr": 0.03})

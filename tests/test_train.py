@@ -205,8 +205,12 @@ def test_visualize_commands_on_a_trained_run(trained, tmp_path):
     assert main(["visualize", "deconv", run, "--layer", "2", "--maps", "1,2"]) == 0
     assert main(["visualize", "evolution", run, "--layer", "1", "--maps", "0"]) == 0
     pictures = sorted(p.name for p in (trained / "visualize").glob("*.png"))
-    assert pictures == ["deconv-layer2.png", "evolution-layer1.png", "filters.png",
-                        "occlusion-photo.png"]
+    assert pictures == [
+        "deconv-layer2.png",
+        "evolution-layer1.png",
+        "filters.png",
+        "occlusion-photo.png",
+    ]
     for name in pictures:
         with Image.open(trained / "visualize" / name) as picture:
             assert picture.width >= 20 and picture.height >= 20

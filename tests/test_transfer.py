@@ -512,10 +512,24 @@ def test_grayscale_decodes_like_the_shards(tmp_path: Path):
 def test_cli_transfer_prints_the_table(workspace: Path, capsys):
     from convplat.cli.main import main
 
-    args = ["transfer", "caltech101", "--data", str(workspace / "data" / "caltech101"),
-            "--runs", str(workspace / "runs"), "--out", str(workspace / "cli-out"),
-            "--train-per-class", "3", "--test-per-class", "3", "--splits", "2",
-            "--weight-decays", "0.1"]
+    args = [
+        "transfer",
+        "caltech101",
+        "--data",
+        str(workspace / "data" / "caltech101"),
+        "--runs",
+        str(workspace / "runs"),
+        "--out",
+        str(workspace / "cli-out"),
+        "--train-per-class",
+        "3",
+        "--test-per-class",
+        "3",
+        "--splits",
+        "2",
+        "--weight-decays",
+        "0.1",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "head (fc7)" in out and "3/class" in out and "results written to" in out

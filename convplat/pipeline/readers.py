@@ -171,8 +171,11 @@ def read_dataset(
         classes, records = _read_folder(base, skipped)
 
     if not records:
-        example = (f"; skipped {len(skipped)} entries, e.g. {skipped[0][0]}: {skipped[0][1]}"
-                   if skipped else "")
+        example = (
+            f"; skipped {len(skipped)} entries, e.g. {skipped[0][0]}: {skipped[0][1]}"
+            if skipped
+            else ""
+        )
         raise DatasetError(
             f"no images found under {top} (layout {layout}): expected {_EXPECTED[layout]}"
             f"{example}; check the path or {_DEMO_HINT}"
