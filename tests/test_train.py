@@ -16,6 +16,7 @@ from convplat.config import PrepareConfig, TrainConfig
 from convplat.pipeline import prepare
 from convplat.training import evaluate, fit
 from convplat.training.checkpoints import load_run_model
+from convplat.training.tensorboard import EVENT_FILE, read_scalars
 from convplat.training.trainer import resume_config
 
 
@@ -90,6 +91,11 @@ def test_train_writes_every_output(trained):
         state = torch.load(checkpoint / "state.pt", weights_only=True)  # nothing pickled
         assert {"optimizer", "scheduler", "rng"} <= set(state)
     assert (run / "plots" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scalars = read_scalars((run / EVENT_FILE).read_bytes())  # TensorBoard: each epoch once
+    assert [step for step, _ in scalars["error/top1"]] == [1, 2]
+    assert [v for _, v in scalars["loss/train"]] == pytest.approx(
+        [m["train_loss"] for m in metrics], rel=1e-6
+    )
     assert (run / "best.safetensors").is_file()
     model, _ = load_run_model(str(run))
     assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
@@ -111,6 +117,8 @@ def test_resume_continues_at_next_epoch_with_same_schedule(trained, shards):
     metrics = read_metrics(run)
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[2]["lr"] == pytest.approx(1e-5)  # the restored MultiStepLR decayed at 2
+    tensorboard = read_scalars((run / EVENT_FILE).read_bytes())
+    assert [step for step, _ in tensorboard["loss/train"]] == [1, 2, 3]  # no epoch twice
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     resumes = [e for e in events if e["event"] == "resume"]
     assert resumes[-1]["from_epoch"] == 2

@@ -415,6 +415,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "images_per_s": train["images_per_s"],
             "seconds": train["seconds"],
             "data_wait": train["data_wait"],
+            "time": time.time(),  # epoch end, Unix seconds (TensorBoard's wall time)
         }
         history.append(metrics)
         score = val["top1_err"] if val["top1_err"] is not None else train["train_loss"]
@@ -468,9 +469,11 @@ def _write_epoch_outputs(
     run, config: TrainConfig, history: list[dict], model, improved: bool, epoch: int
 ) -> None:
     from convplat.training.plots import curves_png
+    from convplat.training.tensorboard import EVENT_FILE, event_file_bytes
 
     write_jsonl(run, "metrics.jsonl", history)
     run.write_bytes("plots/curves.png", curves_png(history, title=config.run_name))
+    run.write_bytes(EVENT_FILE, event_file_bytes(history))
     run.write_bytes(f"{CHECKPOINTS}/{LATEST}", f"epoch-{epoch:03d}\n".encode())
     if improved:
         run.write_bytes(BEST_WEIGHTS, state_dict_bytes(model))

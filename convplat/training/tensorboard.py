@@ -1,0 +1,58 @@
+"""A run's per-epoch metrics as a TensorBoard event file (``tensorboard --logdir runs/``).
+
+The file is rebuilt from the whole history every epoch and written atomically like every other
+run output, so a resumed run holds each epoch once and a remote run directory (a pyarrow URI)
+works the same as a local one. tensorboardX writes the records; ``read_scalars`` reads them
+back without TensorBoard installed.
+"""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+from pathlib import Path
+
+EVENT_FILE = "tensorboard/events.out.tfevents.convplat"
+
+# metrics.jsonl key -> TensorBoard tag
+TAGS = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "top1_err": "error/top1",
+    "top5_err": "error/top5",
+    "lr": "lr",
+    "images_per_s": "throughput/images_per_s",
+    "data_wait": "throughput/data_wait",
+}
+
+
+def event_file_bytes(history: list[dict]) -> bytes:
+    """One event file with a scalar per metric and epoch (step = epoch; wall time = the
+    epoch's ``time`` when recorded). Metrics that are None are left out."""
+    from tensorboardX import SummaryWriter
+
+    with tempfile.TemporaryDirectory() as directory:
+        writer = SummaryWriter(logdir=directory, flush_secs=3600)
+        for row in history:
+            for key, tag in TAGS.items():
+                if row.get(key) is not None:
+                    writer.add_scalar(tag, float(row[key]), row["epoch"], walltime=row.get("time"))
+        writer.close()
+        (path,) = Path(directory).glob("events.out.tfevents.*")
+        return path.read_bytes()
+
+
+def read_scalars(data: bytes) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(step, value), ...]}`` from an event file's bytes (TFRecord framing: length,
+    its CRC, the Event protobuf, its CRC; the CRCs are not checked here)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    offset = 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        event = Event.FromString(data[offset + 12 : offset + 12 + length])
+        offset += 12 + length + 4
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
