@@ -296,6 +296,39 @@ def test_fixed_box_regressor_moves_every_detection_to_that_box(alexnet):
     assert not torch.allclose(plain[0], torch.tensor([box]).expand_as(plain[0]))
 
 
+def test_regressor_boxes_reuse_the_class_maps_conv_pass(alexnet):
+    """detect runs the conv layers once per scale: the regressor applied to ``score_maps``'
+    pooled maps gives exactly the boxes of ``run_scale``, which runs its own conv pass."""
+    from convplat.localize.dense import rescale, scaled_size
+    from convplat.localize.detect import regressed_boxes
+    from convplat.localize.detection_data import to_frame
+    from convplat.localize.localize import run_scale
+    from convplat.localize.regressor import to_image_boxes
+
+    model, background = _detector(alexnet)
+    torch.manual_seed(4)
+    regressor = build_regressor(
+        create_model("alexnet", num_classes=3), {"per_class": True, "hidden": (8, 4)}
+    ).eval()
+    image = np.random.default_rng(4).integers(0, 256, (256, 288, 3), dtype=np.uint8)
+    x = normalise(image, torch.full((3,), 120.0), 1 / 64, "cpu")
+    size = scaled_size(256, 288, 300)
+    with torch.no_grad():
+        pooled, logits = score_maps(model, rescale(x, size).unsqueeze(0), "fine")
+        labels = logits[0, :background].flatten(1).argmax(dim=0)
+        shape = tuple(logits.shape[-2:])
+        ours = regressed_boxes(
+            model, regressor, pooled, (size[0] / 256, size[1] / 288), "fine", labels, shape
+        )
+        out = run_scale(model, regressor, x.unsqueeze(0), 300, "fine")
+        per_location = out.boxes[0].flatten(1).T[..., None, None]
+        relative = regressor.select(per_location, labels)[..., 0, 0].float()
+        pixels = to_image_boxes(relative, out.windows, model.input_size)
+        reference = to_frame(pixels, (out.factor[1], out.factor[0]))
+    assert ours.shape == (shape[0] * shape[1], 4) and ours.std() > 0
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+
+
 def test_regressor_that_does_not_fit_is_a_one_line_config_error(tmp_path):
     from convplat.errors import ConfigError
     from convplat.localize.detect import load_detection_regressor

@@ -46,7 +46,7 @@ from convplat.localize.detection_data import (
     train_samples,
     training_windows,
 )
-from convplat.localize.localize import WEIGHTS, build_regressor, output_dir, run_scale
+from convplat.localize.localize import WEIGHTS, build_regressor, output_dir, regress_pooled
 from convplat.localize.regressor import to_image_boxes
 from convplat.metrics import average_precision
 from convplat.storage import resolve
@@ -439,30 +439,31 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def regressed_boxes(
     model: nn.Module,
     regressor: nn.Module,
-    image: Tensor,
-    scale: int,
+    pooled: Tensor,
+    factor: tuple[float, float],
     stride: str,
     labels: Tensor,
     shape: tuple[int, int],
 ) -> Tensor:
     """Each location's regressor box (L, 4) in the unscaled image's pixels, for its class.
 
-    ``run_scale`` does the offset pooling and interleaving the class map got from
-    ``score_maps``, so location (Y, X) of both maps is the same window; ``shape`` is the class
-    map's (h', w'), checked so a misaligned regressor map fails loudly. ``labels`` (L,) picks
-    each location's 4 outputs of a per-class regressor (ignored by a single-class one).
+    ``pooled`` are the offset-pooled maps ``score_maps`` returned with the class map, so the
+    conv layers run once per scale and location (Y, X) of both maps is the same window;
+    ``shape`` is the class map's (h', w'), checked so a misaligned regressor map fails loudly;
+    ``factor`` is (fy, fx) from the image to the scaled image. ``labels`` (L,) picks each
+    location's 4 outputs of a per-class regressor (ignored by a single-class one).
     """
-    out = run_scale(model, regressor, image.unsqueeze(0), scale, stride)
-    if tuple(out.boxes.shape[-2:]) != tuple(shape):
+    boxes = regress_pooled(regressor, pooled)
+    if tuple(boxes.shape[-2:]) != tuple(shape):
         raise RuntimeError(
-            f"regressor map {tuple(out.boxes.shape[-2:])} does not line up with the class "
-            f"map {tuple(shape)} at scale {scale}"
+            f"regressor map {tuple(boxes.shape[-2:])} does not line up with the class "
+            f"map {tuple(shape)}"
         )
-    per_location = out.boxes[0].flatten(1).T[..., None, None]  # (L, 4·boxes, 1, 1)
+    windows = window_boxes(model, shape[0], shape[1], stride).to(boxes.device)
+    per_location = boxes[0].flatten(1).T[..., None, None]  # (L, 4·boxes, 1, 1)
     relative = regressor.select(per_location, labels)[..., 0, 0].float()  # (L, 4)
-    pixels = to_image_boxes(relative, out.windows, model.input_size)
-    sx, sy = out.factor
-    return to_frame(pixels.cpu(), (sy, sx))
+    pixels = to_image_boxes(relative, windows, model.input_size)
+    return to_frame(pixels.cpu(), factor)
 
 
 @torch.no_grad()
@@ -504,7 +505,8 @@ def detect_image(
             proposed = to_frame(proposed, (size[0] / height, size[1] / width))
         else:
             shape = (logits.shape[-2], logits.shape[-1])
-            proposed = regressed_boxes(model, regressor, image, scale, stride, label, shape)
+            factor = (size[0] / height, size[1] / width)
+            proposed = regressed_boxes(model, regressor, maps[0], factor, stride, label, shape)
         proposed = proposed.to(image.device)
         boxes.append(proposed[keep])
         scores.append(best[keep])

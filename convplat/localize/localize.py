@@ -187,6 +187,14 @@ class ScaleOutput:
     factor: tuple[float, float]
 
 
+def regress_pooled(regressor: nn.Module, pooled: Tensor) -> Tensor:
+    """The regressor at every offset of offset-pooled maps (n*n, B, C, h, w), interleaved
+    into one (B, 4·boxes, H, W) map (O §3.3, Fig. 8)."""
+    offsets, batch, channels, h, w = pooled.shape
+    raw = regressor(pooled.reshape(offsets * batch, channels, h, w))
+    return interleave(raw.view(offsets, batch, *raw.shape[1:]))
+
+
 def run_scale(
     model: nn.Module,
     regressor: nn.Module,
@@ -209,13 +217,11 @@ def run_scale(
             f"scale {scale}: a {size[0]}x{size[1]} image gives {h}x{w} pooled maps, smaller "
             f"than the {s}x{s} the {model.input_size}-pixel network needs; use larger --scales"
         )
-    flat = pooled.reshape(offsets * batch, channels, h, w)
-    raw = regressor(flat)
-    boxes = interleave(raw.view(offsets, batch, *raw.shape[1:]))  # (B, 4·boxes, H, W)
+    boxes = regress_pooled(regressor, pooled)  # (B, 4·boxes, H, W)
     logits = None
     if classify:
         with torch.no_grad():
-            out = model.classifier_as_conv()(flat)
+            out = model.classifier_as_conv()(pooled.reshape(offsets * batch, channels, h, w))
             logits = interleave(out.view(offsets, batch, *out.shape[1:]))  # (B, C, H, W)
     windows = window_boxes(model, boxes.shape[-2], boxes.shape[-1], stride).to(images.device)
     return ScaleOutput(boxes, logits, windows, (size[1] / width, size[0] / height))

@@ -93,6 +93,7 @@ def evaluate(
         num_workers=num_workers,
         crop_size=crop,
         mode=mode,
+        pin_memory=target.type == "cuda",  # async host-to-device copies, as in training
     )
     metrics = evaluate_batches(model, batches, transform.to(target), target, crops_per_image=crops)
     return _write_result(run, mode, split, shards, weights, metrics)
