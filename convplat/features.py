@@ -120,10 +120,10 @@ def _is_image(name: str) -> bool:
 
 def shard_samples(uri: str, name: str, count: int) -> tuple[list[str], list[int], list[bytes]]:
     """Keys, labels and JPEGs of one shard, in shard order (the training reader's own tar code)."""
-    from convplat.training.data import ShardTask, _read_shard
+    from convplat.training.data import ShardTask, read_shard_samples
 
     keys, labels, jpegs = [], [], []
-    for sample in _read_shard(resolve(uri), ShardTask(name, count)):
+    for sample in read_shard_samples(resolve(uri), ShardTask(name, count)):
         keys.append(sample["__key__"])
         labels.append(int(sample["cls"]))
         jpegs.append(sample["jpg"])

@@ -20,15 +20,14 @@ import numpy as np
 import simplejpeg
 import torch
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from convplat.errors import DatasetError
-from convplat.storage import Location, resolve
+from convplat.storage import resolve
 from convplat.training.data import (
-    READ_BUFFER,
-    ShardTask,
+    WITH_METADATA,
     assign_shards,
     read_manifest,
+    read_shard_samples,
     split_shards,
     train_batches,
 )
@@ -43,19 +42,6 @@ class BoxBatch:
     labels: torch.Tensor
     boxes: list[torch.Tensor]
     keys: list[str]
-
-
-def _wanted(name: str) -> bool:
-    return name.endswith((".jpg", ".cls", ".json"))
-
-
-def _read_shard(location: Location, task: ShardTask) -> Iterator[dict]:
-    url = location.join(task.name)
-    with location.fs.open_input_stream(url, buffer_size=READ_BUFFER) as stream:
-        files = tar_file_expander([{"url": url, "stream": stream}], select_files=_wanted)
-        for index, sample in enumerate(group_by_keys(files)):
-            if index % task.parts == task.part:
-                yield sample
 
 
 def decode_sample(sample: dict, frame: int) -> tuple[np.ndarray, int, np.ndarray, str]:
@@ -142,7 +128,7 @@ def train_box_batches(
         while True:
             produced = 0
             for task in tasks:
-                for sample in _read_shard(location, task):
+                for sample in read_shard_samples(location, task, WITH_METADATA):
                     produced += 1
                     yield sample
             if produced == 0:
@@ -184,7 +170,7 @@ def eval_box_batches(
     frame = int(manifest["size"])
     tasks = assign_shards(split_shards(manifest, split), world_size)[rank]
     location = resolve(shard_dir)
-    samples = (s for task in tasks for s in _read_shard(location, task))
+    samples = (s for task in tasks for s in read_shard_samples(location, task, WITH_METADATA))
     if limit:
         samples = islice(samples, limit)
     while chunk := list(islice(samples, batch_size)):

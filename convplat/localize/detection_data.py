@@ -18,7 +18,6 @@ import simplejpeg
 import torch
 import webdataset as wds
 from torch import Tensor, nn
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from convplat.errors import DatasetError
 from convplat.localize.boxes import box_iou
@@ -31,7 +30,13 @@ from convplat.localize.dense import (
     window_boxes,
 )
 from convplat.storage import Location, resolve
-from convplat.training.data import READ_BUFFER, ShardTask, assign_shards, split_shards
+from convplat.training.data import (
+    WITH_METADATA,
+    ShardTask,
+    assign_shards,
+    read_shard_samples,
+    split_shards,
+)
 
 IGNORE = -1  # window label: neither object nor background (left out of the loss)
 
@@ -45,10 +50,6 @@ class DetectionSample:
     image: np.ndarray  # (H, W, 3) uint8
     boxes: np.ndarray
     labels: np.ndarray
-
-
-def _wanted(name: str) -> bool:
-    return name.endswith((".jpg", ".json", ".cls"))
 
 
 def _to_sample(raw: dict) -> DetectionSample:
@@ -70,12 +71,8 @@ def _to_sample(raw: dict) -> DetectionSample:
 
 def read_shard(location: Location, task: ShardTask) -> Iterator[DetectionSample]:
     """Decoded samples of one task's share of its shard, in shard order."""
-    url = location.join(task.name)
-    with location.fs.open_input_stream(url, buffer_size=READ_BUFFER) as stream:
-        files = tar_file_expander([{"url": url, "stream": stream}], select_files=_wanted)
-        for index, raw in enumerate(group_by_keys(files)):
-            if index % task.parts == task.part:
-                yield _to_sample(raw)
+    for raw in read_shard_samples(location, task, WITH_METADATA):
+        yield _to_sample(raw)
 
 
 def eval_samples(

@@ -199,23 +199,27 @@ def _train_tasks(shards, seed: int, epoch: int, slot: int, slots: int) -> list[S
     ]
 
 
-def _read_shard(location: Location, task: ShardTask) -> Iterator[dict]:
+IMAGE_AND_LABEL = (".jpg", ".cls")
+WITH_METADATA = (".jpg", ".cls", ".json")  # + boxes, box labels, source size
+
+
+def read_shard_samples(
+    location: Location, task: ShardTask, suffixes: tuple[str, ...] = IMAGE_AND_LABEL
+) -> Iterator[dict]:
     """Raw samples (dicts of bytes) of one task's share of its shard, in shard order.
 
-    webdataset's tar iterators over a pyarrow stream, so local paths, file:// and s3:// /
-    gs:// / hdfs:// shard directories all work.
+    Only members ending in ``suffixes`` are read (by default the json metadata is skipped
+    unread). webdataset's tar iterators over a pyarrow stream, so local paths, file:// and
+    s3:// / gs:// / hdfs:// shard directories all work.
     """
     url = location.join(task.name)
     with location.fs.open_input_stream(url, buffer_size=READ_BUFFER) as stream:
-        files = tar_file_expander([{"url": url, "stream": stream}], select_files=_wanted)
+        files = tar_file_expander(
+            [{"url": url, "stream": stream}], select_files=lambda name: name.endswith(suffixes)
+        )
         for index, sample in enumerate(group_by_keys(files)):
             if index % task.parts == task.part:
                 yield sample
-
-
-def _wanted(name: str) -> bool:
-    """Only the image and the label are read; the json metadata is skipped unread."""
-    return name.endswith((".jpg", ".cls"))
 
 
 class _TrainSamples:
@@ -233,7 +237,7 @@ class _TrainSamples:
         while True:
             produced = 0
             for task in order:
-                for sample in _read_shard(self.location, task):
+                for sample in read_shard_samples(self.location, task):
                     produced += 1
                     yield sample
             if produced == 0:  # cycling on would hang every rank at the next all-reduce
@@ -251,7 +255,7 @@ class _EvalSamples:
     def __call__(self) -> Iterator[dict]:
         slot, slots, _ = _slot(self.rank, self.world_size)
         for task in assign_shards(self.shards, slots)[slot]:
-            yield from _read_shard(self.location, task)
+            yield from read_shard_samples(self.location, task)
 
 
 class _SlotShuffle:
