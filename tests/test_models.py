@@ -350,6 +350,16 @@ def test_lrn_channels_last_and_autocast(conv):
     torch.testing.assert_close(low.float(), lrn(a.bfloat16().float()), rtol=8e-3, atol=1e-2)
 
 
+def test_lrn_conv_weights_cached_under_inference_mode_still_train():
+    lrn = LocalResponseNorm(size=3, alpha=1e-2, columns=2, conv=True)  # a fresh cache key
+    a = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    with torch.inference_mode():
+        lrn(a)
+    x = a.clone().requires_grad_()
+    lrn(x).sum().backward()  # would raise if the cached weights were inference tensors
+    assert torch.isfinite(x.grad).all()
+
+
 def test_lrn_picks_conv_windows_off_cpu():
     assert not conv_windows(torch.device("cpu"))
     assert conv_windows(torch.device("cuda", 0))

@@ -48,16 +48,19 @@ def _window_weights(
     W[i, j] = α when j is in i's window, j ∈ [i - size//2, i + (size-1)//2] within i's column;
     Wᵀ is the adjoint window for the backward (the same matrix for odd sizes).
     """
-    idx = torch.arange(channels)
-    offset = idx[None, :] - idx[:, None]  # j - i
-    width = channels // columns
-    inside = (offset >= -(size // 2)) & (offset <= (size - 1) // 2)
-    inside &= (idx[:, None] // width) == (idx[None, :] // width)
-    weight = inside.to(dtype) * alpha
-    bias = torch.full((channels,), k, dtype=dtype)
-    w = weight[:, :, None, None].to(device)
-    wt = weight.T.contiguous()[:, :, None, None].to(device)
-    return w, wt, bias.to(device)
+    # Cached across calls, so built outside inference mode even when first asked for inside
+    # it: a later training step saves these weights for its backward.
+    with torch.inference_mode(False):
+        idx = torch.arange(channels)
+        offset = idx[None, :] - idx[:, None]  # j - i
+        width = channels // columns
+        inside = (offset >= -(size // 2)) & (offset <= (size - 1) // 2)
+        inside &= (idx[:, None] // width) == (idx[None, :] // width)
+        weight = inside.to(dtype) * alpha
+        bias = torch.full((channels,), k, dtype=dtype, device=device)
+        w = weight[:, :, None, None].to(device)
+        wt = weight.T.contiguous()[:, :, None, None].to(device)
+    return w, wt, bias
 
 
 def _pow_neg(d: torch.Tensor, beta: float) -> torch.Tensor:
