@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from convplat.cli import options
+
 
 def ablate_command(
     variants: Annotated[
@@ -19,7 +21,7 @@ def ablate_command(
         str | None,
         typer.Option("--config", help="TOML file or packaged recipe (e.g. demo) for every job."),
     ] = None,
-    data: Annotated[str | None, typer.Option(help="Prepared shards.")] = None,
+    data: options.Data = None,
     out: Annotated[str, typer.Option(help="Runs directory.")] = "runs",
     name: Annotated[
         str | None, typer.Option(help="Study directory name (default ablate-<stamp>).")
@@ -31,26 +33,20 @@ def ablate_command(
         bool,
         typer.Option("--train-error/--no-train-error", help="Also evaluate on the train split."),
     ] = True,
-    epochs: Annotated[int | None, typer.Option(help="Epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    epochs: options.Epochs = None,
+    batch_size: options.BatchSize = None,
+    lr: options.Lr = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (the same for every job).")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs per job.")] = None,
     workers: Annotated[int | None, typer.Option(help="CPU workers per job when --gpus 0.")] = None,
     cpus_per_worker: Annotated[
         int | None, typer.Option(help="CPUs per worker (0: a job takes every CPU).")
     ] = None,
-    loader_workers: Annotated[
-        int | None, typer.Option(help="Data-loader processes per worker.")
-    ] = None,
-    limit_train_batches: Annotated[
-        int | None, typer.Option(help="Batches per epoch for a smoke run (0: all).")
-    ] = None,
-    limit_val_batches: Annotated[
-        int | None, typer.Option(help="Validation batches per epoch (0: all).")
-    ] = None,
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bf16 autocast.")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    loader_workers: options.LoaderWorkers = None,
+    limit_train_batches: options.LimitTrainBatches = None,
+    limit_val_batches: options.LimitValBatches = None,
+    amp: options.Amp = None,
+    address: options.Address = None,
 ) -> None:
     """Train architecture variants with one recipe and write the paper-style table (train
     top-1, val top-1, val top-5 error) as Markdown and JSON in OUT/ablate-<stamp>/."""

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 import convplat
+from convplat.cli import options
 from convplat.cli.ablate import ablate_command
 from convplat.cli.features import features_command
 from convplat.errors import ConvplatError
@@ -174,7 +175,7 @@ def train(
         str | None,
         typer.Argument(help="alexnet, alexnet_1col, zfnet, overfeat_fast or overfeat_accurate."),
     ] = None,
-    data: Annotated[str | None, typer.Option(help="Prepared shards.")] = None,
+    data: options.Data = None,
     out: Annotated[str | None, typer.Option(help="Runs directory.")] = None,
     config: Annotated[
         str | None,
@@ -182,16 +183,16 @@ def train(
             "--config", help="TOML file (or packaged recipe name, e.g. demo) over the recipe."
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (recipe: 90; ZFNet 70).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Global batch size (128).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (0.01).")] = None,
+    epochs: options.Epochs = None,
+    batch_size: options.BatchSize = None,
+    lr: options.Lr = None,
     momentum: Annotated[float | None, typer.Option(help="SGD momentum (0.9).")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay (5e-4).")] = None,
-    gpus: Annotated[int | None, typer.Option(help="Ray Train workers with one GPU each.")] = None,
-    workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
+    gpus: options.Gpus = None,
+    workers: options.Workers = None,
     resume: Annotated[str | None, typer.Option(help="Continue this run directory.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bf16 autocast.")] = None,
+    seed: options.Seed = None,
+    amp: options.Amp = None,
     channels_last: Annotated[
         bool | None,
         typer.Option("--channels-last/--no-channels-last", help="channels_last memory format."),
@@ -199,19 +200,13 @@ def train(
     compile: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")
     ] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    address: options.Address = None,
     max_failures: Annotated[int | None, typer.Option(help="Worker restarts allowed.")] = None,
     keep_checkpoints: Annotated[int | None, typer.Option(help="Epoch checkpoints kept.")] = None,
-    cpus_per_worker: Annotated[int | None, typer.Option(help="CPUs per worker (0: even).")] = None,
-    loader_workers: Annotated[
-        int | None, typer.Option(help="Data-loader processes per worker (-1: CPUs per worker - 1).")
-    ] = None,
-    limit_train_batches: Annotated[
-        int | None, typer.Option(help="Batches per epoch for a smoke run (0: all).")
-    ] = None,
-    limit_val_batches: Annotated[
-        int | None, typer.Option(help="Validation batches per epoch (0: all).")
-    ] = None,
+    cpus_per_worker: options.CpusPerWorker = None,
+    loader_workers: options.LoaderWorkers = None,
+    limit_train_batches: options.LimitTrainBatches = None,
+    limit_val_batches: options.LimitValBatches = None,
     run_name: Annotated[str | None, typer.Option(help="Run directory name.")] = None,
 ) -> None:
     """Train a network on prepared shards with Ray Train (DDP), with the paper's recipe."""
