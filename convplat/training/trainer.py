@@ -508,7 +508,7 @@ def append_event(run, event: dict) -> None:
 def step_reporter(queue, epoch: int, total: int):
     last = [0.0]
 
-    def report(step: int, loss: torch.Tensor) -> None:
+    def report(step: int, loss: torch.Tensor | float) -> None:
         now = time.monotonic()
         if now - last[0] >= 0.5 or step + 1 == total:
             last[0] = now  # float() waits for the device: only twice a second, not every step
