@@ -75,22 +75,16 @@ def test_train_one_epoch_reports_loss_images_and_wait():
     model = Lookup(table)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    first = train_one_epoch(
-        model,
-        batches_of(torch.arange(8), labels, 4),
-        lambda x, w, generator=None: x,
-        optimizer,
-        torch.device("cpu"),
-    )
+
+    def epoch() -> dict:
+        batches = batches_of(torch.arange(8), labels, 4)
+        identity = lambda x, w, generator=None: x  # noqa: E731
+        return train_one_epoch(model, batches, identity, optimizer, torch.device("cpu"))
+
+    first = epoch()
     assert first["images"] == 8 and 0 <= first["data_wait"] <= 1
     assert first["train_loss"] == pytest.approx(torch.log(torch.tensor(3.0)).item(), rel=1e-5)
-    second = train_one_epoch(
-        model,
-        batches_of(torch.arange(8), labels, 4),
-        lambda x, w, generator=None: x,
-        optimizer,
-        torch.device("cpu"),
-    )
+    second = epoch()
     assert second["train_loss"] < first["train_loss"]
 
 
