@@ -22,10 +22,28 @@ class Location:
     uri: str
 
     def join(self, *parts: str) -> str:
+        """A path inside ``fs`` (not a URI): for calls on ``self.fs`` only."""
         return "/".join([self.path.rstrip("/"), *parts])
 
+    def child(self, *parts: str) -> Location:
+        """The Location of ``parts`` below this one, on the same filesystem and URI scheme.
+
+        Use this (not ``join``) for anything handed on as a URI: a run on ``s3://bucket/runs``
+        keeps its outputs on ``s3://bucket/runs/...``, not in a local relative path.
+        """
+        parts = tuple(p.strip("/") for p in parts if p.strip("/"))
+        if not parts:
+            return self
+        return Location(self.fs, self.join(*parts), "/".join([self.uri.rstrip("/"), *parts]))
+
     def exists(self, name: str) -> bool:
+        """True when ``name`` is a file (directories: :meth:`is_dir`)."""
         return self.fs.get_file_info(self.join(name)).type == pafs.FileType.File
+
+    def is_dir(self, name: str = "") -> bool:
+        """True when ``name`` (or this location itself) is a directory."""
+        path = self.join(name) if name else self.path
+        return self.fs.get_file_info(path).type == pafs.FileType.Directory
 
     def size(self, name: str) -> int:
         return self.fs.get_file_info(self.join(name)).size

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import convplat
-from convplat.cluster import ensure_ray
+from convplat.cluster import ensure_ray, fan_out
 from convplat.config import PrepareConfig
 from convplat.errors import DatasetError
 from convplat.pipeline.readers import DatasetListing, read_dataset
@@ -123,29 +123,20 @@ def _run_tasks(
     done: int,
 ) -> None:
     """One Ray task per shard; partial statistics are reduced as tasks finish."""
-    import ray
-
     ensure_ray(config.address, num_cpus=config.num_cpus)
-    task = ray.remote(write_shard).options(num_cpus=1, max_retries=2)
-    pending = {task.remote(spec, config.out, options): spec for spec in todo}
+    jobs = ((spec, (spec, config.out, options), {}) for spec in todo)
     images = sum(len(spec.items) for spec in todo)
     started = time.perf_counter()
     processed = 0
     with progress_bar(enabled=config.progress) as bar:
         shard_task = bar.add_task("shards", total=total, completed=done, rate="")
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                spec = pending.pop(ref)
-                info, stats = ray.get(ref)
-                infos[spec.name] = info
-                if info.split == "train":
-                    partials.append(stats)
-                processed += len(spec.items)
-                rate = processed / max(time.perf_counter() - started, 1e-9)
-                bar.update(
-                    shard_task, advance=1, rate=f"{rate:,.0f} images/s ({processed}/{images})"
-                )
+        for spec, (info, stats) in fan_out(write_shard, jobs):
+            infos[spec.name] = info
+            if info.split == "train":
+                partials.append(stats)
+            processed += len(spec.items)
+            rate = processed / max(time.perf_counter() - started, 1e-9)
+            bar.update(shard_task, advance=1, rate=f"{rate:,.0f} images/s ({processed}/{images})")
 
 
 def _write_outputs(location, listing: DatasetListing, specs, infos, statistics) -> None:

@@ -1,0 +1,27 @@
+"""The one rule for when to use Ray, and the fan-out helper."""
+
+from __future__ import annotations
+
+import pytest
+
+from convplat.cluster import fan_out, use_ray
+
+
+def test_use_ray_rule(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert use_ray("auto", 10, None, 10) and not use_ray("auto", 9, None, 10)
+    assert use_ray("auto", 0, "ray://x:1", 10)
+    assert use_ray("ray", 0, None, 10) and not use_ray("local", 99, "x", 10)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert use_ray("auto", 0, None, 10)
+
+
+def _square(x: int, *, plus: int = 0) -> int:
+    return x * x + plus
+
+
+@pytest.mark.parametrize("in_flight", [None, 2])
+def test_fan_out_returns_every_result_once(ray_session, in_flight):
+    jobs = ((i, (i,), {"plus": 1}) for i in range(7))
+    got = dict(fan_out(_square, jobs, max_in_flight=in_flight))
+    assert got == {i: i * i + 1 for i in range(7)}
