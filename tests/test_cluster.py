@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from convplat.cluster import fan_out, use_ray
@@ -18,7 +20,7 @@ def test_use_ray_rule(monkeypatch):
 
 @pytest.mark.parametrize("in_flight", [None, 2])
 def test_fan_out_returns_every_result_once(ray_session, in_flight):
-    # A builtin as the task: test modules are not importable in Ray's workers.
-    jobs = ((i, (f"{i:x}",), {"base": 16}) for i in range(20))
-    got = dict(fan_out(int, jobs, max_in_flight=in_flight))
-    assert got == {i: i for i in range(20)}
+    # A library function as the task: test modules are not importable in Ray's workers.
+    jobs = ((i, (str(i),), {"parse_int": lambda s: s * 2}) for i in range(20))
+    got = dict(fan_out(json.loads, jobs, max_in_flight=in_flight))
+    assert got == {i: str(i) * 2 for i in range(20)}
