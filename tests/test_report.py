@@ -1,0 +1,116 @@
+"""`convplat report RUN`: one self-contained HTML page with everything the run holds."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from conftest import make_imagenet_tree
+
+from convplat.config import PrepareConfig
+from convplat.pipeline import prepare
+from convplat.report import write_report
+from convplat.training.checkpoints import state_dict_bytes
+from convplat.training.models import create_model
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("raw")
+    make_imagenet_tree(root, classes=3, train_per_class=4, val_per_class=3, quirks=False)
+    shards = tmp_path_factory.mktemp("shards")
+    prepare(
+        PrepareConfig(source=str(root), out=str(shards), size=256, shard_size=8, progress=False)
+    )
+    run = tmp_path_factory.mktemp("runs") / "alexnet-tiny"
+    run.mkdir()
+    model = create_model("alexnet", num_classes=3)
+    (run / "model.safetensors").write_bytes(state_dict_bytes(model))
+    config = {
+        "model": "alexnet",
+        "num_classes": 3,
+        "data": str(shards),
+        "input_scale": 1.0,
+        "run_name": "alexnet-tiny",
+        "lr": 0.01,
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    rows = [
+        {
+            "epoch": e,
+            "lr": 0.01,
+            "train_loss": 1.1 - 0.1 * e,
+            "val_loss": 1.0,
+            "top1_err": 0.6,
+            "top5_err": 0.0,
+            "images_per_s": 10.0,
+            "seconds": 1.0,
+        }
+        for e in (1, 2)
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "eval-ten-crop-val.json").write_text(
+        json.dumps(
+            {"mode": "ten-crop", "weights": "final", "top1_err": 0.5, "top5_err": 0.0, "count": 9}
+        )
+    )
+    (run / "visualize").mkdir()
+    (run / "visualize" / "occlusion-cat.png").write_bytes(_tiny_png())
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "ignored.png").write_bytes(_tiny_png())
+    return run
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_report_is_self_contained_and_complete(run):
+    uri = write_report(str(run))
+    assert uri == str(run / "report.html")
+    page = (run / "report.html").read_text()
+    # Self-contained: no scripts, no external references; every image is an embedded PNG.
+    assert "<script" not in page and "<link" not in page
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    for data in images:
+        assert base64.b64decode(data).startswith(b"\x89PNG")
+    for heading in (
+        "Configuration (resolved)",
+        "Training curves",
+        "Top-1 / top-5 error",
+        "First-layer filters",
+        "Confusion matrix",
+        "Figures from the run",
+    ):
+        assert heading in page, heading
+    assert "ten-crop" in page and "50.0 %" in page  # the evaluate result
+    assert "visualize/occlusion-cat.png" in page and "ignored.png" not in page
+    assert len(images) == 4  # curves, filters, confusion, occlusion
+
+
+def test_confusion_counts_every_validation_image(run):
+    from convplat.report import confusion_counts
+
+    model = create_model("alexnet", num_classes=3).eval()
+    config = json.loads((run / "config.json").read_text())
+    counts, names = confusion_counts(model, config)
+    assert counts.sum() == 9 and len(names) == 3
+
+
+def test_a_damaged_metrics_file_is_one_line(run, tmp_path):
+    from convplat.errors import ConvplatError
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo')
+    with pytest.raises(ConvplatError, match="metrics.jsonl:2"):
+        write_report(str(bad))
