@@ -81,3 +81,23 @@ def test_models_table_lists_every_network_with_its_counts():
     ):
         assert name in result.stdout and params in result.stdout
     assert "60,965,224" in result.stdout and "724,406,816" in result.stdout
+
+
+def test_model_names_take_the_registry_form(tmp_path):
+    """`create_model("ZFNet")` works, so `convplat train ZFNet` does too: it gets as far as the
+    (missing) shards instead of stopping at "unknown model"."""
+    from convplat.cli.train import canonical_model
+
+    assert canonical_model("ZFNet") == "zfnet"
+    assert canonical_model(" Overfeat-Fast ") == "overfeat_fast"
+    result = run_cli("train", "ZFNet", "--data", str(tmp_path / "none"), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "unknown model" not in result.stderr and "manifest.json" in result.stderr
+
+
+def test_commands_pass_only_the_options_given():
+    """None means "not given": the config class (or library signature) keeps its default."""
+    from convplat.cli.common import given
+
+    values = {"epochs": None, "lr": 0.1, "mode": "head", "run": "r"}
+    assert given(values, exclude=("run",), rename={"mode": "modes"}) == {"lr": 0.1, "modes": "head"}
