@@ -8,6 +8,8 @@ config dataclass or the library signature, never repeated as a typer default.
 from __future__ import annotations
 
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 
 from rich.console import Console
@@ -55,3 +57,11 @@ def parse_ints(text: str | None, option: str) -> list[int] | None:
     if not values:
         raise ConfigError(f"{option}: expected at least one value, got {text!r}")
     return values
+
+
+def announce_cluster(address: str | None) -> None:
+    """Say on stderr which Ray cluster a command joins (``--address`` or RAY_ADDRESS), so a
+    run is never sent to another cluster unnoticed; nothing when a local Ray is started."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        print(f"convplat: joining the Ray cluster at {address}", file=sys.stderr)

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from convplat.cli import options
-from convplat.cli.common import console, given
+from convplat.cli.common import announce_cluster, console, given
 
 
 def prepare_command(
@@ -45,6 +45,7 @@ def prepare_command(
     from convplat.pipeline import prepare as run_prepare
 
     config = PrepareConfig(**values)
+    announce_cluster(config.address)
     manifest = run_prepare(config)
     summary = manifest["summary"]
     table = Table(title=f"prepared {manifest['source']} -> {config.out}")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from convplat.cli import options
-from convplat.cli.common import console, given
+from convplat.cli.common import announce_cluster, console, given
 
 
 def canonical_model(name: str) -> str:
@@ -60,18 +60,20 @@ def train_command(
 ) -> None:
     """Train a network on prepared shards with Ray Train (DDP), with the paper's recipe."""
     overrides = given(locals(), exclude=("model", "config", "resume"))
-    from convplat.errors import ConfigError
-    from convplat.training.recipe import resolve_train_config
-    from convplat.training.trainer import fit, resume_config
+    from convplat.config import merge_train_config, resume_train_config
+    from convplat.errors import ConfigError, UnknownModelError
+    from convplat.training.models import list_models
+    from convplat.training.trainer import fit
 
     if resume:
-        cfg = resume_config(
-            resume,
-            {k: v for k, v in overrides.items() if k in ("epochs", "address", "max_failures")},
-        )
+        cfg = resume_train_config(resume, overrides)
     elif model is None:
         raise ConfigError("expected a MODEL (see `convplat models`) or --resume RUN")
     else:
-        cfg = resolve_train_config(canonical_model(model), config, overrides)
+        name = canonical_model(model)
+        if name not in list_models():
+            raise UnknownModelError(f"unknown model {model!r}; choose one of {list_models()}")
+        cfg = merge_train_config(name, config, overrides)
+    announce_cluster(cfg.address)
     run_dir = fit(cfg, resume=resume)
     console.print(f"run written to {run_dir}")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from convplat.cli import options
-from convplat.cli.common import given
+from convplat.cli.common import announce_cluster, given
 
 
 def transfer_command(
@@ -87,6 +87,9 @@ def transfer_command(
     from convplat.transfer import TransferConfig, format_table
     from convplat.transfer import transfer as run_transfer
 
-    results = run_transfer(TransferConfig(**values))
+    config = TransferConfig(**values)
+    if config.executor != "local":
+        announce_cluster(config.address)
+    results = run_transfer(config)
     print(format_table(results))
     print(f"results written to {results['run_dir']}")

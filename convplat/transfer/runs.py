@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import numpy as np
+import torch
 
+from convplat.config import TransferConfig
 from convplat.errors import DatasetError
 from convplat.storage import Location, resolve
-from convplat.transfer.config import TransferConfig
 from convplat.transfer.features import DEFAULT_QUALITY, Checkpoint, DatasetFeatures, gather
 
 
@@ -74,6 +77,21 @@ def gather_features(
         device=config.device,
         progress=progress,
     )
+
+
+@contextmanager
+def torch_seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run the block under torch seed ``seed``, restoring torch's generators afterwards.
+
+    Training a network draws its dropout masks from torch's global generator, whose state
+    depends on whatever ran before in the process (a cold feature cache builds a model, a warm
+    one does not), so without this the same ``--seed`` gave different numbers run to run.
+    """
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def run_record(config, root: str, listing, checkpoint, names: list[str]) -> dict:

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
+from convplat.config import TransferConfig
 from convplat.errors import DatasetError
 from convplat.pipeline.readers import read_dataset
 from convplat.progress import progress_bar
 from convplat.training.checkpoints import write_json
 from convplat.transfer import finetune
-from convplat.transfer.config import TransferConfig
 from convplat.transfer.features import (
     DEFAULT_QUALITY,
     Checkpoint,
@@ -50,6 +50,7 @@ from convplat.transfer.runs import (
     result_header,
     run_location,
     run_record,
+    torch_seeded,
 )
 
 _EXPECTED = {
@@ -244,18 +245,19 @@ def _network_split(
     build = finetune.scratch_model if mode == "scratch" else finetune.pretrained_model
     model = build(checkpoint, num_classes, seed)
     labels = data.labels
-    finetune.train_network(
-        model,
-        [data.jpegs[i] for i in split.train],
-        labels[split.train],
-        transform,
-        crop=crop,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=seed,
-        device=device,
-    )
+    with torch_seeded(seed, device):  # dropout masks: the same whatever ran before
+        finetune.train_network(
+            model,
+            [data.jpegs[i] for i in split.train],
+            labels[split.train],
+            transform,
+            crop=crop,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=seed,
+            device=device,
+        )
     proba = finetune.predict_network(
         model,
         [data.jpegs[i] for i in split.test],

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
+from convplat.config import TransferConfig
 from convplat.errors import DatasetError
 from convplat.pipeline.readers import VOC_CLASSES, VocListing, read_voc
 from convplat.progress import progress_bar
 from convplat.training.checkpoints import write_json
 from convplat.transfer import finetune
-from convplat.transfer.config import TransferConfig
 from convplat.transfer.features import (
     Checkpoint,
     DatasetFeatures,
@@ -43,6 +43,7 @@ from convplat.transfer.runs import (
     result_header,
     run_location,
     run_record,
+    torch_seeded,
 )
 
 METRIC = "average precision (VOC 2012 area method, per class; 0-labelled images ignored)"
@@ -197,19 +198,20 @@ def _network_scores(
     build = finetune.scratch_model if mode == "scratch" else finetune.pretrained_model
     model = build(checkpoint, len(VOC_CLASSES), config.seed)
     device = default_device(config.device)
-    finetune.train_network(
-        model,
-        [data.jpegs[i] for i in train],
-        targets[train],
-        transform,
-        crop=checkpoint.input_size,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=config.seed,
-        device=device,
-        loss=lambda logits, t: multilabel_loss(logits, t, config.voc_loss),
-    )
+    with torch_seeded(config.seed, device):  # dropout masks: the same whatever ran before
+        finetune.train_network(
+            model,
+            [data.jpegs[i] for i in train],
+            targets[train],
+            transform,
+            crop=checkpoint.input_size,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=config.seed,
+            device=device,
+            loss=lambda logits, t: multilabel_loss(logits, t, config.voc_loss),
+        )
     return finetune.predict_network(
         model,
         [data.jpegs[i] for i in val],
