@@ -101,3 +101,78 @@ def test_commands_pass_only_the_options_given():
 
     values = {"epochs": None, "lr": 0.1, "mode": "head", "run": "r"}
     assert given(values, exclude=("run",), rename={"mode": "modes"}) == {"lr": 0.1, "modes": "head"}
+
+
+def _models_raising(monkeypatch, exc: BaseException) -> None:
+    """`convplat models` raising ``exc`` from inside its library call."""
+    import convplat.training.models as models
+
+    def fail():
+        raise exc
+
+    monkeypatch.setattr(models, "describe_models", fail)
+
+
+def test_a_full_disk_is_one_line_naming_the_file(monkeypatch, capsys):
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/shards/train-000003.tar")
+    _models_raising(monkeypatch, full)
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "disk full writing /data/shards/train-000003.tar" in err[0]
+
+
+def test_a_full_disk_inside_a_wrapper_is_found(monkeypatch, capsys):
+    try:
+        try:
+            raise OSError("[errno 28] No space left on device")  # pyarrow's form: no errno
+        except OSError as inner:
+            raise RuntimeError("shard writer failed") from inner
+    except RuntimeError as outer:
+        _models_raising(monkeypatch, outer)
+    assert main(["models"]) == 2
+    assert "disk full" in capsys.readouterr().err
+
+
+def test_a_ray_start_up_failure_is_one_line(monkeypatch, capsys):
+    import ray
+    import ray._private.node
+
+    def timed_out(self, *args, **kwargs):
+        raise Exception("The current node timed out during startup.")  # Ray's own words
+
+    monkeypatch.setattr(ray._private.node.Node, "__init__", timed_out)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    import convplat.training.models as models
+
+    monkeypatch.setattr(models, "describe_models", lambda: ray.init(num_cpus=1))
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err  # (Ray itself may log a warning line first)
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("convplat: error: Ray did not start")
+    assert "timed out during startup" in err
+    assert not ray.is_initialized()
+
+
+def test_a_ray_task_error_shows_the_users_mistake_not_the_worker_traceback(monkeypatch, capsys):
+    from ray.exceptions import RayTaskError
+
+    from convplat.errors import DatasetError
+
+    original = DatasetError("shard train-000001.tar is truncated")
+    wrapped = RayTaskError("write_shard", "Traceback ...\n  many lines", original)
+    _models_raising(monkeypatch, wrapped.as_instanceof_cause())
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "convplat: error: shard train-000001.tar is truncated"
+    )
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    _models_raising(monkeypatch, KeyError("a bug"))
+    with pytest.raises(KeyError):
+        main(["models"])
+    _models_raising(monkeypatch, OSError(13, "Permission denied", "/x"))  # not a full disk
+    with pytest.raises(OSError):
+        main(["models"])

@@ -14,6 +14,7 @@ import typer
 
 import convplat
 from convplat.cli.ablate import ablate_command
+from convplat.cli.boundary import user_facing
 from convplat.cli.demo_data import demo_data_command
 from convplat.cli.detect import detect_app
 from convplat.cli.evaluate import evaluate_command
@@ -24,7 +25,6 @@ from convplat.cli.prepare import prepare_command
 from convplat.cli.train import train_command
 from convplat.cli.transfer import transfer_command
 from convplat.cli.visualize import visualize_app
-from convplat.errors import ConvplatError
 
 app = typer.Typer(
     name="convplat",
@@ -67,7 +67,8 @@ app.add_typer(detect_app, name="detect")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the typer app, turning user mistakes into one line and exit 2."""
+    """Entry point: run the typer app; user mistakes, a full disk and a Ray that does not start
+become one line on stderr and exit 2 (see :mod:`convplat.cli.boundary`)."""
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="convplat", standalone_mode=False)
@@ -80,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         print(f"convplat: error: {message}".replace("\n", " "), file=sys.stderr)
         return 2
-    except ConvplatError as exc:
-        print(f"convplat: error: {exc}".replace("\n", " "), file=sys.stderr)
+    except Exception as exc:
+        message = user_facing(exc)
+        if message is None:
+            raise  # a bug, not a user mistake: keep the traceback
+        print(f"convplat: error: {message}", file=sys.stderr)
         return 2
     return 0
 
