@@ -7,6 +7,7 @@ config dataclass or the library signature, never repeated as a typer default.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import sys
@@ -65,3 +66,14 @@ def announce_cluster(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         print(f"convplat: joining the Ray cluster at {address}", file=sys.stderr)
+
+
+def with_default(text: str, config: type, field: str) -> str:
+    """Help ``text`` ending with the config class's default for ``field`` (typer cannot show
+    it: the option's own default is None, meaning "not given")."""
+    value = {f.name: f.default for f in dataclasses.fields(config)}[field]
+    if isinstance(value, tuple):
+        value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    elif isinstance(value, bool):
+        value = "on" if value else "off"
+    return f"{text.rstrip('.')} (default: {value})."

@@ -68,7 +68,7 @@ app.add_typer(detect_app, name="detect")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the typer app; user mistakes, a full disk and a Ray that does not start
-become one line on stderr and exit 2 (see :mod:`convplat.cli.boundary`)."""
+    become one line on stderr and exit 2 (see :mod:`convplat.cli.boundary`)."""
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="convplat", standalone_mode=False)

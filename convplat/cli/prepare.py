@@ -8,26 +8,51 @@ import typer
 from rich.table import Table
 
 from convplat.cli import options
-from convplat.cli.common import announce_cluster, console, given
+from convplat.cli.common import announce_cluster, console, given, with_default
+from convplat.config import PrepareConfig
 
 
 def prepare_command(
     source: Annotated[
-        str | None, typer.Argument(help="Raw dataset tree (data/imagenet).", show_default=False)
+        str | None,
+        typer.Argument(
+            help=with_default("Raw dataset tree.", PrepareConfig, "source"), show_default=False
+        ),
     ] = None,
     out: Annotated[
-        str | None, typer.Option(help="Output directory or pyarrow URI (shards/imagenet).")
+        str | None,
+        typer.Option(help=with_default("Output directory or pyarrow URI.", PrepareConfig, "out")),
     ] = None,
     layout: Annotated[
         str | None,
-        typer.Option(help="auto, imagefolder, ilsvrc, caltech101, caltech256 or folder."),
+        typer.Option(
+            help=with_default(
+                "auto, imagefolder, ilsvrc, caltech101, caltech256 or folder.",
+                PrepareConfig,
+                "layout",
+            )
+        ),
     ] = None,
-    size: Annotated[int | None, typer.Option(help="Shorter side (and crop) in pixels (256).")] = (
-        None
-    ),
-    quality: Annotated[int | None, typer.Option(help="JPEG quality of the shards (90).")] = None,
-    shard_size: Annotated[int | None, typer.Option(help="Samples per shard (1000).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the sample-to-shard shuffle.")] = None,
+    size: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default("Shorter side (and crop) in pixels.", PrepareConfig, "size")
+        ),
+    ] = (None),
+    quality: Annotated[
+        int | None,
+        typer.Option(help=with_default("JPEG quality of the shards.", PrepareConfig, "quality")),
+    ] = None,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(help=with_default("Samples per shard.", PrepareConfig, "shard_size")),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default("Seed of the sample-to-shard shuffle.", PrepareConfig, "seed")
+        ),
+    ] = None,
     crop: Annotated[
         bool | None,
         typer.Option(
@@ -41,7 +66,6 @@ def prepare_command(
 ) -> None:
     """Decode, rescale and centre-crop a raw dataset into WebDataset shards with Ray tasks."""
     values = given(locals())
-    from convplat.config import PrepareConfig
     from convplat.pipeline import prepare as run_prepare
 
     config = PrepareConfig(**values)

@@ -19,7 +19,6 @@ from convplat.config.validate import (
     refuse_keys,
 )
 from convplat.errors import ConfigError
-from convplat.storage import resolve
 
 SCHEDULES = ("plateau", "multistep", "constant")
 INITS = ("paper", "kaiming")
@@ -139,6 +138,8 @@ RESUMABLE = ("epochs", "address", "max_failures")
 def resume_train_config(run_dir: str, flags: dict | None = None) -> TrainConfig:
     """The configuration ``run_dir`` recorded in its ``config.json``, with ``flags`` (those in
     ``RESUMABLE``) over it; a missing or damaged ``config.json`` is one ConfigError line."""
+    from convplat.storage import resolve  # pyarrow: only when a run is read
+
     location = resolve(run_dir)
     if not location.exists("config.json"):
         raise ConfigError(

@@ -21,8 +21,6 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, TypeVar
 
-from pydantic import TypeAdapter, ValidationError
-
 from convplat.errors import ConfigError
 
 C = TypeVar("C")
@@ -72,7 +70,10 @@ def describe(hint: Any) -> str:
 
 
 @functools.cache
-def _fields(cls: type) -> dict[str, tuple[TypeAdapter, Any]]:
+def _fields(cls: type) -> dict[str, tuple[Any, Any]]:
+    """Per field of ``cls``: a pydantic ``TypeAdapter`` for its type, and the type."""
+    from pydantic import TypeAdapter  # ~0.1 s: only when a config is built, not for --help
+
     hints = typing.get_type_hints(cls)
     return {f.name: (TypeAdapter(hints[f.name]), hints[f.name]) for f in dataclasses.fields(cls)}
 
@@ -87,6 +88,8 @@ def check_types(cls: type, values: Mapping[str, object], source: str = "") -> di
     """``values`` checked against the field types of the dataclass ``cls``, strictly, lists
     turned into tuples; keys that are not fields are left to the caller. One ConfigError line
     (``source: key: expected ..., got ...``) for the first value of the wrong type."""
+    from pydantic import ValidationError
+
     fields = _fields(cls)
     checked = {}
     for key, value in values.items():
