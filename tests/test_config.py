@@ -126,3 +126,12 @@ def test_the_joined_cluster_is_announced(capsys, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     announce_cluster(None)
     assert capsys.readouterr().err.strip() == "convplat: joining the Ray cluster at 10.0.0.5:6379"
+
+
+def test_train_says_which_cluster_it_joins(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = ["train", "alexnet", "--data", str(tmp_path / "none"), "--address", "10.0.0.5:6379"]
+    assert main(args) == 2  # the missing shards stop it before Ray is joined
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "convplat: joining the Ray cluster at 10.0.0.5:6379"
+    assert err[1].startswith("convplat: error:") and len(err) == 2
