@@ -81,3 +81,98 @@ def test_models_table_lists_every_network_with_its_counts():
     ):
         assert name in result.stdout and params in result.stdout
     assert "60,965,224" in result.stdout and "724,406,816" in result.stdout
+
+
+def test_model_names_take_the_registry_form(tmp_path):
+    """`create_model("ZFNet")` works, so `convplat train ZFNet` does too: it gets as far as the
+    (missing) shards instead of stopping at "unknown model"."""
+    from convplat.cli.train import canonical_model
+
+    assert canonical_model("ZFNet") == "zfnet"
+    assert canonical_model(" Overfeat-Fast ") == "overfeat_fast"
+    result = run_cli("train", "ZFNet", "--data", str(tmp_path / "none"), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "unknown model" not in result.stderr and "manifest.json" in result.stderr
+
+
+def test_commands_pass_only_the_options_given():
+    """None means "not given": the config class (or library signature) keeps its default."""
+    from convplat.cli.common import given
+
+    values = {"epochs": None, "lr": 0.1, "mode": "head", "run": "r"}
+    assert given(values, exclude=("run",), rename={"mode": "modes"}) == {"lr": 0.1, "modes": "head"}
+
+
+def _models_raising(monkeypatch, exc: BaseException) -> None:
+    """`convplat models` raising ``exc`` from inside its library call."""
+    import convplat.training.models as models
+
+    def fail():
+        raise exc
+
+    monkeypatch.setattr(models, "describe_models", fail)
+
+
+def test_a_full_disk_is_one_line_naming_the_file(monkeypatch, capsys):
+    import errno
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/shards/train-000003.tar")
+    _models_raising(monkeypatch, full)
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "disk full writing /data/shards/train-000003.tar" in err[0]
+
+
+def test_a_full_disk_inside_a_wrapper_is_found(monkeypatch, capsys):
+    try:
+        try:
+            raise OSError("[errno 28] No space left on device")  # pyarrow's form: no errno
+        except OSError as inner:
+            raise RuntimeError("shard writer failed") from inner
+    except RuntimeError as outer:
+        _models_raising(monkeypatch, outer)
+    assert main(["models"]) == 2
+    assert "disk full" in capsys.readouterr().err
+
+
+def test_a_ray_start_up_failure_is_one_line(monkeypatch, capsys):
+    import ray
+    import ray._private.node
+
+    def timed_out(self, *args, **kwargs):
+        raise Exception("The current node timed out during startup.")  # Ray's own words
+
+    monkeypatch.setattr(ray._private.node.Node, "__init__", timed_out)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    import convplat.training.models as models
+
+    monkeypatch.setattr(models, "describe_models", lambda: ray.init(num_cpus=1))
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err  # (Ray itself may log a warning line first)
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("convplat: error: Ray did not start")
+    assert "timed out during startup" in err
+    assert not ray.is_initialized()
+
+
+def test_a_ray_task_error_shows_the_users_mistake_not_the_worker_traceback(monkeypatch, capsys):
+    from ray.exceptions import RayTaskError
+
+    from convplat.errors import DatasetError
+
+    original = DatasetError("shard train-000001.tar is truncated")
+    wrapped = RayTaskError("write_shard", "Traceback ...\n  many lines", original)
+    _models_raising(monkeypatch, wrapped.as_instanceof_cause())
+    assert main(["models"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "convplat: error: shard train-000001.tar is truncated"
+    )
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    _models_raising(monkeypatch, KeyError("a bug"))
+    with pytest.raises(KeyError):
+        main(["models"])
+    _models_raising(monkeypatch, OSError(13, "Permission denied", "/x"))  # not a full disk
+    with pytest.raises(OSError):
+        main(["models"])

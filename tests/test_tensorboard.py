@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from tensorboard_events import read_scalars
 
-from convplat.training.tensorboard import TAGS, event_file_bytes, read_scalars
+from convplat.training.tensorboard import TAGS, event_file_bytes
 
 
 def test_event_file_round_trip():

@@ -271,10 +271,10 @@ def run_dir(tmp_path_factory):
     return tiny_run(tmp_path_factory.mktemp("visualize"))
 
 
-def test_cli_commands_write_pngs(tmp_path, run_dir):
+def test_run_pictures_write_pngs(tmp_path, run_dir):
     from conftest import jpeg_bytes
 
-    from convplat.visualize.cli_commands import preprocess, run_filters, run_occlusion
+    from convplat.visualize.runs import preprocess, run_filters, run_occlusion
 
     run = run_dir
     path = run_filters(str(run))
@@ -290,6 +290,17 @@ def test_cli_commands_write_pngs(tmp_path, run_dir):
     path = run_occlusion(str(run), str(photo), size=64, stride=80, label=2)
     assert path.endswith("visualize/occlusion-cat.png")
     assert decode(open(path, "rb").read()).std() > 10
+
+
+def test_run_on_a_uri_writes_beside_it_and_keeps_the_scheme(run_dir):
+    """A run given as a URI (file:// standing in for s3:// or gs://) gets its pictures in
+    ``<run>/visualize`` on the same filesystem, and the returned path is a URI of it."""
+    from convplat.visualize.runs import run_filters
+
+    uri = run_dir.as_uri()
+    path = run_filters(uri)
+    assert path == f"{uri}/visualize/filters.png"
+    assert (run_dir / "visualize" / "filters.png").is_file()
 
 
 def test_top_activations_match_brute_force():
@@ -341,7 +352,7 @@ def test_deconv_figure_grid():
 
 def test_run_deconv_with_stub_loader(run_dir, monkeypatch, tmp_path):
     import convplat.training.data as data
-    from convplat.visualize.cli_commands import run_deconv
+    from convplat.visualize.runs import run_deconv
 
     def fake_eval_loader(shard_dir, split, *, batch_size, crop_size, mode, keys, **_):
         assert split == "val" and mode == "center" and keys
@@ -367,7 +378,7 @@ def test_run_deconv_with_stub_loader(run_dir, monkeypatch, tmp_path):
 
 def test_run_evolution_over_checkpoints(run_dir, monkeypatch):
     import convplat.training.data as data
-    from convplat.visualize.cli_commands import epoch_checkpoints, run_evolution
+    from convplat.visualize.runs import epoch_checkpoints, run_evolution
 
     def fake_eval_loader(shard_dir, split, *, batch_size, crop_size, mode, **_):
         rng = np.random.default_rng(0)

@@ -2,13 +2,11 @@
 
 The file is rebuilt from the whole history every epoch and written atomically like every other
 run output, so a resumed run holds each epoch once and a remote run directory (a pyarrow URI)
-works the same as a local one. tensorboardX writes the records; ``read_scalars`` reads them
-back without TensorBoard installed.
+works the same as a local one. tensorboardX writes the records.
 """
 
 from __future__ import annotations
 
-import struct
 import tempfile
 from pathlib import Path
 
@@ -40,19 +38,3 @@ def event_file_bytes(history: list[dict]) -> bytes:
         writer.close()
         (path,) = Path(directory).glob("events.out.tfevents.*")
         return path.read_bytes()
-
-
-def read_scalars(data: bytes) -> dict[str, list[tuple[int, float]]]:
-    """``{tag: [(step, value), ...]}`` from an event file's bytes (TFRecord framing: length,
-    its CRC, the Event protobuf, its CRC; the CRCs are not checked here)."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    offset = 0
-    while offset < len(data):
-        (length,) = struct.unpack_from("<Q", data, offset)
-        event = Event.FromString(data[offset + 12 : offset + 12 + length])
-        offset += 12 + length + 4
-        for value in event.summary.value:
-            scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return scalars

@@ -1,7 +1,7 @@
 """Transfer of ImageNet ConvNets to new datasets (ZFNet §5.2): frozen features, new softmax
 heads, the Caltech split protocol, and the scratch / fine-tuning baselines."""
 
-from convplat.transfer.config import TransferConfig
+from convplat.config import TransferConfig
 from convplat.transfer.features import FeatureExtractor, TransferNet, freeze, load_checkpoint
 from convplat.transfer.heads import fit_head
 from convplat.transfer.protocol import format_table, make_splits, mean_class_accuracy

@@ -10,25 +10,22 @@ and ``confusion-<cut>-<k>.png`` (see docs/transfer.md).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import math
 import os
 import time
-from datetime import datetime
 
 import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
+from convplat.config import TransferConfig
 from convplat.errors import DatasetError
 from convplat.pipeline.readers import read_dataset
 from convplat.progress import progress_bar
-from convplat.storage import Location, resolve
 from convplat.training.checkpoints import write_json
 from convplat.transfer import finetune
-from convplat.transfer.config import TransferConfig
 from convplat.transfer.features import (
     DEFAULT_QUALITY,
     Checkpoint,
@@ -47,47 +44,20 @@ from convplat.transfer.protocol import (
     mean_std,
     row_label,
 )
+from convplat.transfer.runs import (
+    gather_features,
+    load_mean,
+    result_header,
+    run_location,
+    run_record,
+    torch_seeded,
+)
 
 _EXPECTED = {
     "caltech101": "101_ObjectCategories/<class>/image_NNNN.jpg",
     "caltech256": "256_ObjectCategories/NNN.name/NNN_MMMM.jpg",
     "folder": "<class>/*.jpg",
 }
-
-
-def _load_mean(checkpoint: Checkpoint) -> tuple[np.ndarray, int]:
-    """The ImageNet mean image the checkpoint was trained with, and the shards' JPEG quality."""
-    from convplat.training.data import load_stats, read_manifest
-
-    try:
-        stats = load_stats(checkpoint.data)
-    except DatasetError as exc:
-        raise DatasetError(
-            f"{exc} (the mean image of {checkpoint.run_dir}'s training data is needed to "
-            "preprocess the transfer images exactly as in training)"
-        ) from None
-    try:
-        quality = int(read_manifest(checkpoint.data).get("quality", DEFAULT_QUALITY))
-    except DatasetError:
-        quality = DEFAULT_QUALITY
-    return np.asarray(stats["mean"], np.float32), quality
-
-
-def _run_location(config: TransferConfig) -> Location:
-    """``<out>/<run_name>``, or a new ``<out>/transfer-<dataset>-<stamp>[-N]``."""
-    out = resolve(config.out_dir)
-
-    def at(name: str) -> Location:
-        return resolve(out.join(name) if "://" not in out.uri else f"{out.uri.rstrip('/')}/{name}")
-
-    name = config.run_name or f"transfer-{config.dataset_slug}-{datetime.now():%Y%m%d-%H%M%S}"
-    base, n = name, 1
-    while not config.run_name and at(name).exists("config.json"):  # two runs in one second
-        n += 1
-        name = f"{base}-{n}"
-    location = at(name)
-    location.fs.create_dir(location.path, recursive=True)
-    return location
 
 
 def transfer(config: TransferConfig) -> dict:
@@ -113,7 +83,7 @@ def transfer(config: TransferConfig) -> dict:
         )
     listing = read_dataset(root, kind, include_background=config.background)
     checkpoint = load_checkpoint(config.checkpoint, config.runs)
-    mean, quality = _load_mean(checkpoint)
+    mean, quality = load_mean(checkpoint)
     crop = checkpoint.input_size
     if mean.shape[0] < crop:
         raise DatasetError(
@@ -123,33 +93,16 @@ def transfer(config: TransferConfig) -> dict:
     names = [c.name for c in listing.classes]
     num_classes = len(names)
     device = default_device(config.device)
-    flip = config.augment == "flip"
-    run = _run_location(config)
+    run = run_location(config)
     write_json(run, "config.json", run_record(config, root, listing, checkpoint, names))
 
     cuts = config.cuts if "head" in config.modes else ()
-    needs_images = any(m in ("scratch", "full") for m in config.modes)
     settings: list[dict] = []
     heads: dict[str, torch.Tensor] = {}
     confusions: dict[tuple[str, int], np.ndarray] = {}
     short_classes: dict[str, list[dict]] = {}
     with progress_bar(config.progress) as progress:
-        data = gather(
-            listing,
-            checkpoint,
-            mean,
-            cuts=cuts,
-            flip=flip,
-            need_jpegs=needs_images,
-            quality=quality,
-            cache_dir=config.cache_path if config.cache else None,
-            executor=config.executor,
-            ray_min_images=config.ray_min_images,
-            address=config.address,
-            batch_size=config.extract_batch_size,
-            device=config.device,
-            progress=progress,
-        )
+        data = gather_features(config, listing, checkpoint, mean, quality, cuts, progress)
         if len(data.kept) == 0:
             raise DatasetError(
                 f"none of the {len(listing.items)} images under {root} could be "
@@ -292,18 +245,19 @@ def _network_split(
     build = finetune.scratch_model if mode == "scratch" else finetune.pretrained_model
     model = build(checkpoint, num_classes, seed)
     labels = data.labels
-    finetune.train_network(
-        model,
-        [data.jpegs[i] for i in split.train],
-        labels[split.train],
-        transform,
-        crop=crop,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=seed,
-        device=device,
-    )
+    with torch_seeded(seed, device):  # dropout masks: the same whatever ran before
+        finetune.train_network(
+            model,
+            [data.jpegs[i] for i in split.train],
+            labels[split.train],
+            transform,
+            crop=crop,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=seed,
+            device=device,
+        )
     proba = finetune.predict_network(
         model,
         [data.jpegs[i] for i in split.test],
@@ -334,39 +288,6 @@ def _split_record(split: Split, predictions, truth, num_classes: int, tick: floa
         "test": int(len(split.test)),
         **extra,
         "seconds": round(time.perf_counter() - tick, 3),
-    }
-
-
-def run_record(config, root: str, listing, checkpoint, names: list[str]) -> dict:
-    """Every transfer run's config.json: the settings, the data read and the weights used."""
-    return {
-        **dataclasses.asdict(config),
-        "root": os.path.abspath(root),
-        "layout": listing.layout,
-        "checkpoint_file": checkpoint.file,
-        "checkpoint_sha256": checkpoint.sha256,
-        "model": checkpoint.model,
-        "input_scale": checkpoint.input_scale,
-        "mean_image": checkpoint.data,
-        "classes": names,
-    }
-
-
-def result_header(config, root: str, listing, run, checkpoint, names: list[str], data) -> dict:
-    """The opening of every transfer's results.json: what was read, with which weights."""
-    return {
-        "dataset": config.dataset,
-        "root": os.path.abspath(root),
-        "layout": listing.layout,
-        "run_dir": run.uri,
-        "checkpoint": {
-            "run": checkpoint.run_dir,
-            "file": checkpoint.file,
-            "model": checkpoint.model,
-            "sha256": checkpoint.sha256,
-        },
-        "classes": names,
-        "images": int(len(data.kept)),
     }
 
 

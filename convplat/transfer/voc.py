@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
+from convplat.config import TransferConfig
 from convplat.errors import DatasetError
 from convplat.pipeline.readers import VOC_CLASSES, VocListing, read_voc
 from convplat.progress import progress_bar
 from convplat.training.checkpoints import write_json
 from convplat.transfer import finetune
-from convplat.transfer.config import TransferConfig
 from convplat.transfer.features import (
     Checkpoint,
     DatasetFeatures,
@@ -37,7 +37,14 @@ from convplat.transfer.features import (
 )
 from convplat.transfer.heads import fit_multilabel_head, multilabel_loss, predict_scores
 from convplat.transfer.protocol import class_average_precisions, row_label
-from convplat.transfer.transfer import result_header, run_record
+from convplat.transfer.runs import (
+    gather_features,
+    load_mean,
+    result_header,
+    run_location,
+    run_record,
+    torch_seeded,
+)
 
 METRIC = "average precision (VOC 2012 area method, per class; 0-labelled images ignored)"
 
@@ -49,8 +56,6 @@ def transfer_voc(config: TransferConfig) -> dict:
         DatasetError: no VOC tree at the root, no decodable image, or an empty split.
         ConvplatError: no ImageNet run found (or ``--checkpoint`` is not one).
     """
-    from convplat.transfer.transfer import _load_mean, _run_location
-
     started = time.perf_counter()
     root = config.root
     if not os.path.isdir(root):
@@ -61,7 +66,7 @@ def transfer_voc(config: TransferConfig) -> dict:
         )
     listing = read_voc(root)
     checkpoint = load_checkpoint(config.checkpoint, config.runs)
-    mean, quality = _load_mean(checkpoint)
+    mean, quality = load_mean(checkpoint)
     crop = checkpoint.input_size
     if mean.shape[0] < crop:
         raise DatasetError(
@@ -69,29 +74,14 @@ def transfer_voc(config: TransferConfig) -> dict:
             f"{checkpoint.model} input of {crop}"
         )
     names = list(VOC_CLASSES)
-    run = _run_location(config)
+    run = run_location(config)
     write_json(run, "config.json", run_record(config, root, listing, checkpoint, names))
     cuts = config.cuts if "head" in config.modes else ()
     rows = [(m, c) for m in config.modes for c in (cuts if m == "head" else (None,))]
     settings: list[dict] = []
     heads: dict[str, torch.Tensor] = {}
     with progress_bar(config.progress) as progress:
-        data = gather(
-            listing,
-            checkpoint,
-            mean,
-            cuts=cuts,
-            flip=config.augment == "flip",
-            need_jpegs=any(m in ("scratch", "full") for m in config.modes),
-            quality=quality,
-            cache_dir=config.cache_path if config.cache else None,
-            executor=config.executor,
-            ray_min_images=config.ray_min_images,
-            address=config.address,
-            batch_size=config.extract_batch_size,
-            device=config.device,
-            progress=progress,
-        )
+        data = gather_features(config, listing, checkpoint, mean, quality, cuts, progress)
         targets, train, val = _split(listing, data, root)
         transform = make_transform(mean, checkpoint.input_scale)
         task = progress.add_task("protocol", total=len(rows), rate="")
@@ -208,19 +198,20 @@ def _network_scores(
     build = finetune.scratch_model if mode == "scratch" else finetune.pretrained_model
     model = build(checkpoint, len(VOC_CLASSES), config.seed)
     device = default_device(config.device)
-    finetune.train_network(
-        model,
-        [data.jpegs[i] for i in train],
-        targets[train],
-        transform,
-        crop=checkpoint.input_size,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=config.seed,
-        device=device,
-        loss=lambda logits, t: multilabel_loss(logits, t, config.voc_loss),
-    )
+    with torch_seeded(config.seed, device):  # dropout masks: the same whatever ran before
+        finetune.train_network(
+            model,
+            [data.jpegs[i] for i in train],
+            targets[train],
+            transform,
+            crop=checkpoint.input_size,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            seed=config.seed,
+            device=device,
+            loss=lambda logits, t: multilabel_loss(logits, t, config.voc_loss),
+        )
     return finetune.predict_network(
         model,
         [data.jpegs[i] for i in val],

@@ -18,7 +18,7 @@ from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
 
-def normalize(array: np.ndarray) -> np.ndarray:
+def min_max_scale(array: np.ndarray) -> np.ndarray:
     """Min-max scale to [0, 1]; a constant array becomes 0.5."""
     lo, hi = float(array.min()), float(array.max())
     if hi - lo < 1e-12:
@@ -39,7 +39,7 @@ def filter_grid(weight: torch.Tensor, pad: int = 1, columns: int | None = None) 
     for n in range(count):
         r, c = divmod(n, cols)
         top, left = pad + r * (kh + pad), pad + c * (kw + pad)
-        grid[top : top + kh, left : left + kw] = normalize(w[n].transpose(1, 2, 0))
+        grid[top : top + kh, left : left + kw] = min_max_scale(w[n].transpose(1, 2, 0))
     return (grid * 255).round().astype(np.uint8)
 
 
@@ -60,7 +60,7 @@ def filters_png(model: nn.Module, scale: int = 4) -> bytes:
 
 def display_image(image: torch.Tensor) -> np.ndarray:
     """A (3, H, W) model input (mean-subtracted) as a viewable (H, W, 3) float in [0, 1]."""
-    return normalize(image.detach().float().cpu().permute(1, 2, 0).numpy())
+    return min_max_scale(image.detach().float().cpu().permute(1, 2, 0).numpy())
 
 
 def occlusion_png(
@@ -136,7 +136,7 @@ def deconv_figure(model: nn.Module, tops: dict, layer: int, gap: int = 4) -> np.
             top, left, side = field_box(model, layer, act.y, act.x, image_side)
             proj = deconv_project(model, act.image, layer, channel, act.y, act.x)
             crop = (slice(top, top + side), slice(left, left + side))
-            projections.append(normalize(proj.permute(1, 2, 0).numpy()[crop]))
+            projections.append(min_max_scale(proj.permute(1, 2, 0).numpy()[crop]))
             patches.append(display_image(act.image)[crop])
         left_grid, right_grid = _cells(projections, side), _cells(patches, side)
         spacer = np.ones((left_grid.shape[0], gap, 3), np.float32)
@@ -168,7 +168,7 @@ def evolution_figure(
             top, left, side = field_box(model, layer, act.y, act.x, act.image.shape[-1])
             proj = deconv_project(model, act.image, layer, channel, act.y, act.x)
             crop = proj.permute(1, 2, 0).numpy()[top : top + side, left : left + side]
-            cells.append(normalize(crop))
+            cells.append(min_max_scale(crop))
         columns.append(cells)
     step = side + pad
     grid = np.ones((len(maps) * step + pad, len(models) * step + pad, 3), np.float32)

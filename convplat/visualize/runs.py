@@ -1,7 +1,8 @@
-"""What the ``convplat visualize`` commands call: load a run, compute, write PNGs.
+"""Visualisations of a trained run, end to end: load the run, compute, write PNGs.
 
-Each function writes into ``<run>/visualize/`` (or ``out``) and returns the written path;
-the typer commands in ``convplat/cli`` only parse arguments and print that path.
+Each function writes into ``<run>/visualize/`` (or ``out``) on the run's own filesystem (a
+pyarrow URI keeps its scheme) and returns the written file's URI; ``convplat visualize`` only
+parses arguments and prints it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ OUT_DIR = "visualize"
 
 
 def _write(run: str, out: str | None, name: str, data: bytes) -> str:
-    location = resolve(out if out is not None else resolve(run).join(OUT_DIR))
+    """Write ``name`` into ``out`` (default ``<run>/visualize``); returns the file's URI."""
+    location = resolve(out) if out is not None else resolve(run).child(OUT_DIR)
     location.write_bytes(name, data)
-    return location.join(name)
+    return location.child(name).uri
 
 
 def preprocess(image_bytes: bytes, config: dict, size: int) -> torch.Tensor:
@@ -191,13 +193,3 @@ def run_evolution(
         models, lambda: val_batches(config, size, batch_size, data), layer, maps
     )
     return _write(run, out, f"evolution-layer{layer}.png", png_bytes(figure, scale=2))
-
-
-def parse_maps(text: str | None) -> list[int] | None:
-    """``--maps 3,17,40`` -> [3, 17, 40]; None or "" -> None."""
-    if not text:
-        return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConvplatError(f"expected --maps as comma-separated integers, got {text!r}") from None

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
+from convplat.config.shared import EXECUTORS
+from convplat.config.validate import as_tuple, check, check_fields, choice
 from convplat.errors import ConfigError
 
 DATASETS = ("caltech101", "caltech256", "voc2012")  # plus "folder:PATH"
@@ -20,7 +21,6 @@ MODES = ("head", "scratch", "full")
 CUTS = ("fc7", "fc6", "conv5")
 AUGMENTS = ("none", "flip")
 HEAD_OPTIMIZERS = ("lbfgs", "sgd")
-EXECUTORS = ("auto", "local", "ray")
 VOC_LOSSES = ("sigmoid", "softmax")
 VOC_ROOT = os.path.join("data", "VOCdevkit", "VOC2012")
 
@@ -35,30 +35,8 @@ DEFAULT_TRAIN_PER_CLASS = {
 DEFAULT_WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _as_tuple(value, flag: str, kind: type) -> tuple:
-    """``"a,b"``, ``["a", "b"]`` or ``("a",)`` -> a tuple of ``kind``; ConfigError otherwise."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        parts: Iterable = [p for p in re.split(r"[,\s]+", value.strip()) if p]
-    elif isinstance(value, int | float):
-        parts = [value]
-    else:
-        parts = list(value)
-    try:
-        return tuple(kind(p) for p in parts)
-    except (TypeError, ValueError):
-        expected = "integers" if kind is int else "numbers" if kind is float else "names"
-        raise ConfigError(f"{flag}: expected comma-separated {expected}, got {value!r}") from None
-
-
 def _no_duplicates(values: tuple, flag: str) -> None:
-    _check(len(set(values)) == len(values), f"{flag}: expected distinct values, got {values}")
+    check(len(set(values)) == len(values), f"{flag}: expected distinct values, got {values}")
 
 
 @dataclass(frozen=True)
@@ -109,22 +87,23 @@ class TransferConfig:
     def __post_init__(self) -> None:
         kind = self.dataset_kind
         if kind == "folder":
-            _check(
+            check(
                 self.data is None,
                 "--data: expected no --data with folder:PATH (the path is the dataset), "
                 f"got {self.data!r}",
             )
-        self._set("modes", _as_tuple(self.modes, "--mode", str))
-        self._set("cuts", _as_tuple(self.cuts, "--cut", str))
-        self._set("train_per_class", _as_tuple(self.train_per_class, "--train-per-class", int))
-        self._set("weight_decays", _as_tuple(self.weight_decays, "--weight-decays", float))
-        _check(
+        self._set("modes", as_tuple(self.modes, "--mode", str))
+        self._set("cuts", as_tuple(self.cuts, "--cut", str))
+        self._set("train_per_class", as_tuple(self.train_per_class, "--train-per-class", int))
+        self._set("weight_decays", as_tuple(self.weight_decays, "--weight-decays", float))
+        check_fields(self)
+        check(
             bool(self.modes) and all(m in MODES for m in self.modes),
             f"--mode: expected one or more of {', '.join(MODES)} (comma-separated), "
             f"got {','.join(self.modes)!r}",
         )
         _no_duplicates(self.modes, "--mode")
-        _check(
+        check(
             bool(self.cuts) and all(c in CUTS for c in self.cuts),
             f"--cut: expected one or more of {', '.join(CUTS)} (comma-separated), "
             f"got {','.join(self.cuts)!r}",
@@ -132,62 +111,49 @@ class TransferConfig:
         _no_duplicates(self.cuts, "--cut")
         if not self.train_per_class:
             self._set("train_per_class", DEFAULT_TRAIN_PER_CLASS[kind])
-        _check(
+        check(
             all(k >= 1 for k in self.train_per_class),
             f"--train-per-class: expected integers >= 1, got {self.train_per_class}",
         )
         _no_duplicates(self.train_per_class, "--train-per-class")
-        _check(
+        check(
             self.test_per_class >= 1, f"--test-per-class: expected >= 1, got {self.test_per_class}"
         )
-        _check(self.splits >= 1, f"--splits: expected >= 1, got {self.splits}")
-        _check(self.seed >= 0, f"--seed: expected >= 0, got {self.seed}")
-        _check(
-            self.augment in AUGMENTS,
-            f"--augment: expected one of {', '.join(AUGMENTS)}, got {self.augment!r}",
-        )
-        _check(
-            self.head_optimizer in HEAD_OPTIMIZERS,
-            f"--head-optimizer: expected one of {', '.join(HEAD_OPTIMIZERS)}, "
-            f"got {self.head_optimizer!r}",
-        )
-        _check(
+        check(self.splits >= 1, f"--splits: expected >= 1, got {self.splits}")
+        check(self.seed >= 0, f"--seed: expected >= 0, got {self.seed}")
+        choice("--augment", self.augment, AUGMENTS)
+        choice("--head-optimizer", self.head_optimizer, HEAD_OPTIMIZERS)
+        check(
             bool(self.weight_decays) and all(w >= 0 for w in self.weight_decays),
             f"--weight-decays: expected one or more numbers >= 0, got {self.weight_decays}",
         )
-        _check(0 <= self.holdout < 1, f"--holdout: expected 0 <= fraction < 1, got {self.holdout}")
-        _check(self.head_iters >= 1, f"--head-iters: expected >= 1, got {self.head_iters}")
-        _check(
-            self.voc_loss in VOC_LOSSES,
-            f"--voc-loss: expected one of {', '.join(VOC_LOSSES)}, got {self.voc_loss!r}",
-        )
+        check(0 <= self.holdout < 1, f"--holdout: expected 0 <= fraction < 1, got {self.holdout}")
+        check(self.head_iters >= 1, f"--head-iters: expected >= 1, got {self.head_iters}")
+        choice("--voc-loss", self.voc_loss, VOC_LOSSES)
         if kind == "voc2012":
-            _check(
+            check(
                 not self.train_per_class,
                 "--train-per-class: expected none with voc2012 (the devkit's fixed train/val "
                 f"split is used), got {self.train_per_class}",
             )
-            _check(
+            check(
                 self.head_optimizer == "lbfgs",
                 "--head-optimizer: expected lbfgs with voc2012 (multi-label heads are solved "
                 f"with L-BFGS), got {self.head_optimizer!r}",
             )
-            _check(not self.background, "--background: expected none with voc2012")
-        _check(self.epochs >= 1, f"--epochs: expected >= 1, got {self.epochs}")
-        _check(self.batch_size >= 1, f"--batch-size: expected >= 1, got {self.batch_size}")
-        _check(self.lr > 0, f"--lr: expected > 0, got {self.lr}")
-        _check(
+            check(not self.background, "--background: expected none with voc2012")
+        check(self.epochs >= 1, f"--epochs: expected >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, f"--batch-size: expected >= 1, got {self.batch_size}")
+        check(self.lr > 0, f"--lr: expected > 0, got {self.lr}")
+        check(
             self.extract_batch_size >= 1,
             f"--extract-batch-size: expected >= 1, got {self.extract_batch_size}",
         )
-        _check(
-            self.executor in EXECUTORS,
-            f"--executor: expected one of {', '.join(EXECUTORS)}, got {self.executor!r}",
-        )
-        _check(
+        choice("--executor", self.executor, EXECUTORS)
+        check(
             self.ray_min_images >= 1, f"--ray-min-images: expected >= 1, got {self.ray_min_images}"
         )
-        _check(
+        check(
             self.device is None or re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None,
             f"--device: expected cpu, cuda or cuda:N, got {self.device!r}",
         )

@@ -1,0 +1,158 @@
+"""`TrainConfig` and where its values come from: the config's defaults < the model family's
+paper recipe (``convplat/training/recipes/<family>.toml``) < a ``--config`` TOML file (a path,
+or a packaged recipe's name such as ``demo``) < flags; or, for ``--resume``, the run's own
+``config.json`` < the few flags a resumed run honours."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from convplat.config.shared import FLAG_ONLY, OPTIMIZERS, WorkerScale
+from convplat.config.validate import (
+    check,
+    check_fields,
+    choice,
+    load_toml,
+    merge,
+    parse_json_object,
+    refuse_keys,
+)
+from convplat.errors import ConfigError
+
+SCHEDULES = ("plateau", "multistep", "constant")
+INITS = ("paper", "kaiming")
+RECIPES = Path(__file__).resolve().parent.parent / "training" / "recipes"
+_FAMILIES = ("overfeat", "zfnet", "alexnet")
+
+
+@dataclass(frozen=True)
+class TrainConfig(WorkerScale):
+    """Settings of `convplat train`; the defaults are AlexNet's recipe (AlexNet §5).
+
+    ``batch_size`` is the global batch (the paper's 128), split evenly over the workers.
+    """
+
+    model: str = "alexnet"
+    data: str = "shards/imagenet"
+    out: str = "runs"
+    run_name: str = ""
+    epochs: int = 90
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "plateau"
+    plateau_factor: float = 0.1
+    plateau_patience: int = 4
+    plateau_threshold: float = 1e-3
+    min_lr: float = 1e-6
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    lighting_std: float = 0.1
+    input_scale: float = 1.0
+    gpus: int = 0
+    workers: int = 1
+    cpus_per_worker: int = 0  # 0: share the cluster's CPUs evenly between the workers
+    loader_workers: int = -1  # -1: one fewer than the worker's CPUs
+    seed: int = 0
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    keep_checkpoints: int = 3
+    max_failures: int = 2
+    shuffle_buffer: int = 1000
+    limit_train_batches: int = 0  # 0: the whole epoch; >0: a smoke run of that many batches
+    limit_val_batches: int = 0
+    address: str | None = None
+    progress: bool = True
+    recipe: str = ""
+    init: str = "paper"  # "paper" (the builders' published init) or "kaiming" (demo preset)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        choice("init", self.init, INITS)
+        check(self.epochs >= 1, f"--epochs: expected >= 1, got {self.epochs}")
+        check(self.lr > 0, f"--lr: expected > 0, got {self.lr}")
+        check(0 <= self.momentum < 1, f"--momentum: expected 0..1, got {self.momentum}")
+        check(self.weight_decay >= 0, f"--weight-decay: expected >= 0, got {self.weight_decay}")
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("schedule", self.schedule, SCHEDULES)
+        self.check_scale()
+        check(
+            self.keep_checkpoints >= 1,
+            f"keep_checkpoints: expected >= 1, got {self.keep_checkpoints}",
+        )
+        check(self.lighting_std >= 0, f"lighting_std: expected >= 0, got {self.lighting_std}")
+
+
+def recipe_for(model: str) -> str:
+    """Name of the paper recipe for a model (its family), e.g. alexnet_1col -> alexnet."""
+    canonical = model.replace("-", "_")
+    return next((family for family in _FAMILIES if canonical.startswith(family)), "alexnet")
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A TOML file, or the packaged recipe of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = RECIPES / f"{name_or_path}.toml"
+    if not packaged.is_file():
+        choices = sorted(p.stem for p in RECIPES.glob("*.toml"))
+        raise ConfigError(
+            f"--config: no file {name_or_path!r} and no packaged recipe of "
+            f"that name; packaged recipes: {', '.join(choices)}"
+        )
+    return packaged
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """A recipe's settings; recipes set training settings only, never where data is read or
+    written or which cluster is joined (those come from flags)."""
+    path = recipe_path(name_or_path)
+    values = load_toml(path)
+    refuse_keys(str(path), values, FLAG_ONLY, "recipes set training settings; use the flags")
+    return values
+
+
+def merge_train_config(
+    model: str, config_file: str | None = None, flags: dict | None = None
+) -> TrainConfig:
+    """Defaults < the model's recipe < ``config_file`` < ``flags``, each layer checked.
+
+    ``model`` is the registry's name (the caller checks it exists)."""
+    layers = [(f"recipe {recipe_for(model)}", load_recipe(recipe_for(model)))]
+    if config_file:
+        layers.append((str(recipe_path(config_file)), load_recipe(config_file)))
+    layers.append(("flags", flags or {}))
+    chosen = {"model": model, "recipe": config_file or recipe_for(model)}
+    return merge(TrainConfig, [*layers, ("model", chosen)])
+
+
+# What a resumed run may change: more epochs, another cluster, more restarts.
+RESUMABLE = ("epochs", "address", "max_failures")
+
+
+def resume_train_config(run_dir: str, flags: dict | None = None) -> TrainConfig:
+    """The configuration ``run_dir`` recorded in its ``config.json``, with ``flags`` (those in
+    ``RESUMABLE``) over it; a missing or damaged ``config.json`` is one ConfigError line."""
+    from convplat.storage import resolve  # pyarrow: only when a run is read
+
+    location = resolve(run_dir)
+    if not location.exists("config.json"):
+        raise ConfigError(
+            f"{run_dir} is not a convplat run: no config.json "
+            "(expected runs/<model>-<stamp>/ made by `convplat train`)"
+        )
+    name = location.child("config.json").uri
+    saved = parse_json_object(location.read_bytes("config.json"), name)
+    known = {f.name for f in fields(TrainConfig)}
+    return merge(
+        TrainConfig,
+        [
+            (name, {k: v for k, v in saved.items() if k in known}),
+            ("flags", {k: v for k, v in (flags or {}).items() if k in RESUMABLE}),
+        ],
+    )
