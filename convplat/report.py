@@ -30,7 +30,11 @@ def write_report(run: str, *, confusion: bool = True, max_batches: int | None = 
     ``confusion`` evaluates the final weights on the validation split (centre crops) for the
     confusion matrix; ``max_batches`` bounds that pass (None: the whole split).
     """
+    from convplat.errors import ConvplatError
+
     location = resolve(run)
+    if not location.is_dir():
+        raise ConvplatError(f"{run}: no such run directory")
     config = _read_json(location, "config.json") or {}
     sections = [_config_section(config)]
     history = _read_jsonl(location, "metrics.jsonl")

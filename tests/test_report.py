@@ -114,3 +114,13 @@ def test_a_damaged_metrics_file_is_one_line(run, tmp_path):
     (bad / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo')
     with pytest.raises(ConvplatError, match="metrics.jsonl:2"):
         write_report(str(bad))
+
+
+def test_report_command(run):
+    from convplat.cli.main import main
+
+    (run / "report.html").unlink(missing_ok=True)
+    assert main(["report", str(run), "--no-confusion"]) == 0
+    page = (run / "report.html").read_text()
+    assert "First-layer filters" in page and "Confusion matrix" not in page
+    assert main(["report", str(run / "missing")]) == 2

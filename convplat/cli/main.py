@@ -22,6 +22,7 @@ from convplat.cli.features import features_command
 from convplat.cli.localize import localize_app
 from convplat.cli.models import models_command
 from convplat.cli.prepare import prepare_command
+from convplat.cli.report import report_command
 from convplat.cli.train import train_command
 from convplat.cli.transfer import transfer_command
 from convplat.cli.visualize import visualize_app
@@ -61,6 +62,7 @@ app.command("evaluate")(evaluate_command)
 app.command("transfer")(transfer_command)
 app.command("ablate")(ablate_command)
 app.command("features")(features_command)
+app.command("report")(report_command)
 app.add_typer(visualize_app, name="visualize")
 app.add_typer(localize_app, name="localize")
 app.add_typer(detect_app, name="detect")
