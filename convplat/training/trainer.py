@@ -138,10 +138,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """The per-worker training function Ray Train runs on every rank."""
     import ray.train.torch
 
-    from convplat.training.augment import BatchTransform
-    from convplat.training.data import eval_loader, load_stats, read_manifest, train_loader
+    from convplat.training.data import eval_loader, read_manifest, train_loader
     from convplat.training.loop import evaluate_batches, train_one_epoch
-    from convplat.training.models import create_model, reinitialize, renormalize_filters
+    from convplat.training.models import renormalize_filters
 
     config = TrainConfig(**loop_config["config"])
     worker = Worker.from_context(loop_config, config.seed)
@@ -150,11 +149,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         torch.backends.cudnn.benchmark = True
 
     torch.manual_seed(config.seed)  # identical init on every rank (DDP also broadcasts)
-    model = reinitialize(
-        create_model(config.model, num_classes=loop_config["num_classes"]), config.init
-    )
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(config, loop_config["num_classes"])
     net = ray.train.torch.prepare_model(model)  # to device, DDP when world > 1
     if config.compile:
         net = torch.compile(net)
@@ -165,14 +160,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     loader_workers = resolve_loader_workers(config.loader_workers)
     worker.announce(start_epoch, loader_workers=loader_workers)
 
-    stats = load_stats(config.data)
-    options = dict(input_scale=config.input_scale, channels_last=config.channels_last)
-    train_transform = BatchTransform.from_stats(
-        stats, lighting_std=config.lighting_std, **options
-    ).to(device)
-    eval_transform = BatchTransform.from_stats(stats, lighting_std=0.0, **options).to(device)
+    train_transform, eval_transform = build_transforms(config, device)
     has_val = "val" in read_manifest(config.data)["splits"]
-    renorm_radius = getattr(model, "renormalize_radius", None)
+    radius = getattr(model, "renormalize_radius", None)  # ZFNet §3: renormalise conv filters
+    after_step = (lambda: renormalize_filters(model, radius)) if radius else None
     shared = dict(batch_size=config.per_worker_batch, rank=worker.rank, crop_size=model.input_size)
     shared.update(world_size=worker.world_size, num_workers=loader_workers, pin_memory=on_gpu)
 
@@ -196,9 +187,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             optimizer,
             device,
             amp=config.amp,
-            after_step=(lambda: renormalize_filters(model, renorm_radius))
-            if renorm_radius
-            else None,
+            after_step=after_step,
             on_step=worker.step_reporter(epoch, total),
             generator=generator,
         )
@@ -225,6 +214,27 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if worker.chief:
             _write_epoch_outputs(worker.run, config, history, model, improved)
     worker.save_weights(FINAL_WEIGHTS, model)
+
+
+def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    """The registry's model, initialised as ``config.init`` says, in its memory format."""
+    from convplat.training.models import create_model, reinitialize
+
+    model = reinitialize(create_model(config.model, num_classes=num_classes), config.init)
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
+
+
+def build_transforms(config: TrainConfig, device: torch.device):
+    """The on-device batch transforms: training (with PCA lighting) and evaluation."""
+    from convplat.training.augment import BatchTransform
+    from convplat.training.data import load_stats
+
+    stats = load_stats(config.data)
+    options = dict(input_scale=config.input_scale, channels_last=config.channels_last)
+    return (
+        BatchTransform.from_stats(stats, lighting_std=config.lighting_std, **options).to(device),
+        BatchTransform.from_stats(stats, lighting_std=0.0, **options).to(device),
+    )
 
 
 def resolve_loader_workers(requested: int) -> int:
