@@ -12,6 +12,7 @@ like Ray Train's own examples: a plain PyTorch loop with a handful of ``worker.`
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import tempfile
@@ -303,7 +304,7 @@ def build_optimizer(params, config: OptimizerSettings) -> torch.optim.Optimizer:
 
 def check_finite(loss: float, what: str = "training loss") -> None:
     """Stop a diverged run at once (every rank sees the same all-reduced value)."""
-    if not torch.isfinite(torch.tensor(float(loss))):
+    if not math.isfinite(loss):
         raise FloatingPointError(f"{what} diverged ({loss}); lower --lr")
 
 
