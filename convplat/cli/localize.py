@@ -1,7 +1,7 @@
 """`convplat localize train|eval RUN`: OverFeat's box regression on a trained run (O §4).
 
 Parse, build a config, make one library call, print a summary; the work is in
-:mod:`convplat.localize.localize`.
+:mod:`convplat.localize.localize` and :mod:`convplat.localize.localize_eval`.
 """
 
 from __future__ import annotations
