@@ -3,11 +3,17 @@ Table 6): average precision from scored predictions, the PASCAL VOC way.
 
 Both tasks reduce to the same question once predictions are matched to the ground truth: a
 list of confidences, which of them are hits, and how many positives exist (misses included).
+Detections are matched to boxes here too (:func:`match_detections`, :class:`DetectionAP`).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
 
 AP_METHODS = ("area", "11point")
 
@@ -61,3 +67,77 @@ def average_precision(
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
     steps = np.flatnonzero(mrec[1:] != mrec[:-1])
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+
+
+# --- detection (O §5; PASCAL VOC / ILSVRC) -----------------------------------------------------
+
+IOU_THRESHOLD = 0.5  # PASCAL VOC / ILSVRC detection: a hit needs IoU >= 0.5
+
+
+def match_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    iou_threshold: float = IOU_THRESHOLD,
+) -> Tensor:
+    """Which detections of one image are hits (bool (K,), in the given order).
+
+    ILSVRC/PASCAL rule: per class, detections in descending score order each take the
+    unmatched ground-truth box of their class with the highest IoU, if that IoU reaches
+    ``iou_threshold``; a detection left without one (a duplicate, a wrong place or a wrong
+    class) is a false positive.
+    """
+    hits = torch.zeros(boxes.shape[0], dtype=torch.bool)
+    if boxes.shape[0] == 0 or gt_boxes.shape[0] == 0:
+        return hits
+    iou = box_iou(boxes.reshape(-1, 4).float(), gt_boxes.reshape(-1, 4).float())  # (K, N)
+    iou[labels.reshape(-1, 1) != gt_labels.reshape(1, -1)] = -1.0  # other classes never match
+    taken = torch.zeros(gt_boxes.shape[0], dtype=torch.bool)
+    for k in scores.argsort(descending=True, stable=True).tolist():
+        candidates = iou[k].masked_fill(taken, -1.0)
+        best = int(candidates.argmax())
+        if candidates[best] >= iou_threshold:
+            hits[k] = True
+            taken[best] = True
+    return hits
+
+
+class DetectionAP:
+    """Per-class average precision over a split, image by image (O §5, PASCAL/ILSVRC AP)."""
+
+    def __init__(self, num_classes: int, iou_threshold: float = IOU_THRESHOLD) -> None:
+        self.num_classes = num_classes
+        self.iou_threshold = iou_threshold
+        self.scores: list[list[float]] = [[] for _ in range(num_classes)]
+        self.hits: list[list[bool]] = [[] for _ in range(num_classes)]
+        self.positives = [0] * num_classes
+
+    def add(
+        self, boxes: Tensor, scores: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor
+    ) -> Tensor:
+        """Record one image's detections and ground truth; returns the detections' hits."""
+        hits = match_detections(boxes, scores, labels, gt_boxes, gt_labels, self.iou_threshold)
+        for label, score, hit in zip(labels.tolist(), scores.tolist(), hits.tolist(), strict=True):
+            self.scores[label].append(score)
+            self.hits[label].append(hit)
+        for label in gt_labels.reshape(-1).tolist():
+            self.positives[int(label)] += 1
+        return hits
+
+    def result(self, method: str = "area") -> dict:
+        """``{"ap": [per class, NaN without ground truth], "map", "positives", "detections"}``;
+        mAP averages the classes that have ground-truth boxes (NaN if none has)."""
+        ap = [
+            average_precision(np.asarray(s), np.asarray(h, bool), p, method)
+            for s, h, p in zip(self.scores, self.hits, self.positives, strict=True)
+        ]
+        defined = [a for a in ap if not math.isnan(a)]
+        return {
+            "ap": ap,
+            "map": float(np.mean(defined)) if defined else float("nan"),
+            "positives": list(self.positives),
+            "detections": [len(s) for s in self.scores],
+            "hits": [int(sum(h)) for h in self.hits],
+        }

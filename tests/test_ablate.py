@@ -79,7 +79,19 @@ def test_user_mistakes_exit_2_before_any_job(tmp_path: Path, shards: str, capsys
     assert main(["ablate", "zfnet", "resnet50", *out]) == 2
     assert main(["ablate", "zfnet", "--parallel", "-1", *out]) == 2
     assert main(["ablate", "zfnet", "--config", "nope", *out]) == 2
+    assert main(["ablate", "zfnet", "--gpus", "1", *out]) == 2  # the resource check
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("convplat: error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("convplat: error:") for line in err)
     assert "resnet50" in err[0] and "--parallel" in err[1] and "nope" in err[2]
+    assert "--gpus 1" in err[3]
     assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
+def test_an_existing_study_name_is_refused(tmp_path: Path, shards: str, capsys):
+    (tmp_path / "study").mkdir()
+    quick = ["--epochs", "1", "--limit-train-batches", "1", "--batch-size", "4"]
+    args = ["--name", "study", "--out", str(tmp_path), "--data", shards, *quick]
+    assert main(["ablate", "zfnet", "--no-train-error", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study exists; choose another --name" in err[0]
+    assert list((tmp_path / "study").iterdir()) == []

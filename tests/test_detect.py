@@ -14,25 +14,22 @@ from torch import nn
 
 from convplat.cli.main import main
 from convplat.localize.boxes import box_iou
+from convplat.localize.config import DetectConfig
 from convplat.localize.dense import offset_count, window_step
-from convplat.localize.detect import (
-    DetectConfig,
-    DetectionAP,
-    add_background_class,
-    detect_image,
-    match_detections,
-)
+from convplat.localize.detect_eval import detect_image
+from convplat.localize.detect_model import add_background_class
 from convplat.localize.detection_data import (
     IGNORE,
     DetectionSample,
-    normalise,
     score_maps,
     select_windows,
     training_windows,
+    whole_image_input,
     window_labels,
 )
-from convplat.localize.localize import build_regressor
+from convplat.localize.multiscale import build_regressor
 from convplat.localize.regressor import BoxRegressor
+from convplat.metrics import DetectionAP, match_detections
 from convplat.training.checkpoints import state_dict_bytes
 from convplat.training.models import create_model, reinitialize
 
@@ -194,7 +191,7 @@ def test_training_patches_give_the_dense_map_logits(alexnet, stride):
     background = add_background_class(model)
     image = np.random.default_rng(1).integers(0, 256, (256, 288, 3), dtype=np.uint8)
     sample = DetectionSample("k", image, np.array([[20, 20, 250, 250]], np.float32), np.array([1]))
-    x = normalise(image, torch.full((3,), 120.0), 1 / 64, "cpu")
+    x = whole_image_input(image, torch.full((3,), 120.0), 1 / 64, "cpu")
     patches, targets = training_windows(
         model,
         [x],
@@ -270,7 +267,7 @@ def _detector(alexnet):
 def test_window_predicting_regressor_gives_the_window_detections(alexnet, per_class, stride):
     model, background = _detector(alexnet)
     image = np.random.default_rng(2).integers(0, 256, (256, 288, 3), dtype=np.uint8)
-    x = normalise(image, torch.full((3,), 120.0), 1 / 64, "cpu")
+    x = whole_image_input(image, torch.full((3,), 120.0), 1 / 64, "cpu")
     settings = {"background": background, "scales": (256, 300), "stride": stride}
     settings["score_threshold"] = 0.0  # every location proposes a box
     plain = detect_image(model, x, **settings)
@@ -283,7 +280,7 @@ def test_window_predicting_regressor_gives_the_window_detections(alexnet, per_cl
 def test_fixed_box_regressor_moves_every_detection_to_that_box(alexnet):
     model, background = _detector(alexnet)
     image = np.random.default_rng(3).integers(0, 256, (256, 288, 3), dtype=np.uint8)
-    x = normalise(image, torch.full((3,), 120.0), 1 / 64, "cpu")
+    x = whole_image_input(image, torch.full((3,), 120.0), 1 / 64, "cpu")
     box = [37.0, 51.0, 201.0, 180.0]  # scale 256 of a 256-high image: scaled pixels = pixels
     settings = {"background": background, "scales": (256,), "score_threshold": 0.0}
     plain = detect_image(model, x, stride="fine", **settings)
@@ -300,9 +297,9 @@ def test_regressor_boxes_reuse_the_class_maps_conv_pass(alexnet):
     """detect runs the conv layers once per scale: the regressor applied to ``score_maps``'
     pooled maps gives exactly the boxes of ``run_scale``, which runs its own conv pass."""
     from convplat.localize.dense import rescale, scaled_size
-    from convplat.localize.detect import regressed_boxes
+    from convplat.localize.detect_eval import regressed_boxes
     from convplat.localize.detection_data import to_frame
-    from convplat.localize.localize import run_scale
+    from convplat.localize.multiscale import run_scale
     from convplat.localize.regressor import to_image_boxes
 
     model, background = _detector(alexnet)
@@ -311,7 +308,7 @@ def test_regressor_boxes_reuse_the_class_maps_conv_pass(alexnet):
         create_model("alexnet", num_classes=3), {"per_class": True, "hidden": (8, 4)}
     ).eval()
     image = np.random.default_rng(4).integers(0, 256, (256, 288, 3), dtype=np.uint8)
-    x = normalise(image, torch.full((3,), 120.0), 1 / 64, "cpu")
+    x = whole_image_input(image, torch.full((3,), 120.0), 1 / 64, "cpu")
     size = scaled_size(256, 288, 300)
     with torch.no_grad():
         pooled, logits = score_maps(model, rescale(x, size).unsqueeze(0), "fine")
@@ -331,7 +328,7 @@ def test_regressor_boxes_reuse_the_class_maps_conv_pass(alexnet):
 
 def test_regressor_that_does_not_fit_is_a_one_line_config_error(tmp_path):
     from convplat.errors import ConfigError
-    from convplat.localize.detect import load_detection_regressor
+    from convplat.localize.detect_eval import load_detection_regressor
     from convplat.storage import resolve
 
     run = resolve(str(tmp_path / "cls")).uri
@@ -472,13 +469,18 @@ def test_detect_train_and_eval_through_the_cli(source_run, demo_shards, tmp_path
         ("detect", "train", "{source}", "--scales", "big"),
         ("detect", "train", "{source}", "--stride", "medium"),
         ("detect", "train", "{missing}"),
+        ("detect", "train", "{source}", "--out", "{tmp}", "--run-name", "taken"),
+        ("detect", "train", "{source}", "--out", "{tmp}", "--gpus", "1"),
     ],
 )
 def test_detect_user_mistakes_exit_2(args, source_run, tmp_path, capsys):
-    argv = [a.format(source=source_run, missing=tmp_path / "none") for a in args]
+    (tmp_path / "taken").mkdir()
+    argv = [a.format(source=source_run, missing=tmp_path / "none", tmp=tmp_path) for a in args]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("convplat: error:") and "\n" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # nothing written
+    assert list((tmp_path / "taken").iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -18,12 +18,8 @@ from convplat.localize.boxes import (
     greedy_merge,
     match_score,
 )
-from convplat.localize.localize import (
-    Guess,
-    guesses,
-    localization_correct,
-    mirror,
-)
+from convplat.localize.localize_eval import Guess, guesses, localization_correct
+from convplat.localize.multiscale import mirror
 from convplat.localize.regressor import (
     BoxRegressor,
     to_image_boxes,
@@ -244,13 +240,18 @@ def demo_run(tmp_path_factory, ray_session):
 
 def test_regression_loss_falls_on_a_fixed_batch(demo_run):
     from convplat.localize.box_data import train_box_batches
-    from convplat.localize.localize import build_regressor, freeze, normalize, regression_loss
+    from convplat.localize.multiscale import (
+        build_regressor,
+        frames_to_inputs,
+        freeze_all,
+        regression_loss,
+    )
     from convplat.training.augment import BatchTransform
     from convplat.training.checkpoints import load_run_model
     from convplat.training.data import load_stats
 
     model, record = load_run_model(str(demo_run))
-    model = freeze(model)
+    model = freeze_all(model)
     torch.manual_seed(0)
     regressor = build_regressor(model, {"per_class": False, "hidden": (32, 16)})
     transform = BatchTransform.from_stats(load_stats(record["data"]), input_scale=1 / 64)
@@ -258,7 +259,7 @@ def test_regression_loss_falls_on_a_fixed_batch(demo_run):
     assert length == 12 // 2  # every demo image has a box of its class
     batch = next(batches)
     assert all(len(b) >= 1 for b in batch.boxes)
-    images = normalize(batch.images, transform)
+    images = frames_to_inputs(batch.images, transform)
     optimizer = torch.optim.Adam(regressor.parameters(), lr=1e-3)
     losses = []
     for _ in range(6):
@@ -289,6 +290,14 @@ def test_localize_train_and_eval_through_the_cli(demo_run, capsys):
     assert main(["localize", "train", run, *args]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
+    # --overwrite really replaces it: Ray Train starts afresh, not from the old checkpoints
+    again = ["--limit-train-batches", "1", "--epochs", "1", "--overwrite"]
+    assert main(["localize", "train", run, *args, *again]) == 0
+    assert "resumed from checkpoint" not in capsys.readouterr().err
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start"]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "epoch-001"
+
     code = main(["localize", "eval", run, "--scales", "245,281", "--samples", "2", "--limit", "4"])
     assert code == 0
     result = json.loads((out / "eval-val.json").read_text())
@@ -314,7 +323,7 @@ def test_localize_user_mistakes_exit_2(args, demo_run, capsys, tmp_path):
     args = [a.replace("{run}", str(demo_run)) for a in args]
     if args[1] == "eval" and "/no/such" not in args[2]:
         # needs a trained regressor: reuse the shape of one, untrained, without Ray
-        from convplat.localize.localize import build_regressor
+        from convplat.localize.multiscale import build_regressor
         from convplat.training.checkpoints import load_run_model, state_dict_bytes
 
         model, run_config = load_run_model(str(demo_run))
@@ -335,18 +344,28 @@ def test_localize_user_mistakes_exit_2(args, demo_run, capsys, tmp_path):
 
 def test_per_class_regression_trains_only_the_label_boxes(demo_run):
     from convplat.localize.box_data import eval_box_batches
-    from convplat.localize.localize import build_regressor, freeze, normalize, regression_loss
+    from convplat.localize.multiscale import (
+        build_regressor,
+        frames_to_inputs,
+        freeze_all,
+        regression_loss,
+    )
     from convplat.training.augment import BatchTransform
     from convplat.training.checkpoints import load_run_model
     from convplat.training.data import load_stats
 
     model, record = load_run_model(str(demo_run))
-    model = freeze(model)
+    model = freeze_all(model)
     regressor = build_regressor(model, {"per_class": True, "hidden": (8, 4)})
     transform = BatchTransform.from_stats(load_stats(record["data"]), input_scale=1 / 64)
     batch = next(eval_box_batches(record["data"], "val", batch_size=1))
     loss, count = regression_loss(
-        model, regressor, normalize(batch.images, transform), batch.labels, batch.boxes, [245]
+        model,
+        regressor,
+        frames_to_inputs(batch.images, transform),
+        batch.labels,
+        batch.boxes,
+        [245],
     )
     loss.backward()
     assert count > 0

@@ -188,6 +188,39 @@ def test_gpus_on_a_cpu_only_cluster_fails_cleanly(shards, capsys, tmp_path):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--gpus 2" in err[0]
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_an_existing_run_is_never_taken_over(trained, shards, capsys):
+    from convplat.cli.main import main
+
+    before = (trained / "config.json").read_bytes()
+    args = ["--out", str(trained.parent), "--data", shards, "--batch-size", "4"]
+    assert main(["train", "zfnet", "--run-name", trained.name, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{trained.name} exists; use --resume" in err[0]
+    assert (trained / "config.json").read_bytes() == before
+
+
+def test_flags_that_cannot_be_honoured_are_refused(trained, shards, tmp_path, capsys):
+    from convplat.cli.main import main
+
+    args = ["--data", shards, "--out", str(tmp_path), "--batch-size", "4"]
+    assert main(["train", "alexnet", "--gpus", "1", "--workers", "2", *args]) == 2
+    assert main(["evaluate", str(trained), "--weights", "bestest"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--workers 2 with --gpus 1" in err[0] and "bestest" in err[1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loader_workers_follow_the_cpus_a_worker_got(shards, tmp_path):
+    # one worker on the 2-CPU test cluster gets both CPUs: -1 means one loader process
+    config = tiny_config(
+        shards, tmp_path, workers=1, loader_workers=-1, epochs=1, limit_val_batches=1
+    )
+    run = Path(fit(dataclasses.replace(config, limit_train_batches=1, run_name="lw")))
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["loader_workers"] for e in events if e["event"] == "start"] == [1]
 
 
 def test_unknown_model_and_missing_shards_fail_cleanly(capsys, tmp_path):

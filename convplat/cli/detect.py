@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from convplat.cli.options import given
 from convplat.errors import ConfigError
 
 detect_app = typer.Typer(
@@ -34,69 +35,80 @@ def parse_scales(text: str | None) -> tuple[int, ...] | None:
 def train(
     run: Annotated[str, typer.Argument(help="Classification run whose conv layers are frozen.")],
     data: Annotated[str | None, typer.Option(help="Shards (default: the run's).")] = None,
-    out: Annotated[str, typer.Option(help="Runs directory.")] = "runs",
+    out: Annotated[str | None, typer.Option(help="Runs directory (runs).")] = None,
     run_name: Annotated[str | None, typer.Option(help="Detection run directory name.")] = None,
-    weights: Annotated[str, typer.Option(help="final, best or latest of RUN.")] = "final",
+    weights: Annotated[str | None, typer.Option(help="final, best or latest of RUN.")] = None,
     scales: Annotated[
-        str, typer.Option(help="Shorter image sides in pixels, comma-separated.")
-    ] = "256,384",
-    stride: Annotated[str, typer.Option(help="coarse or fine (offset pooling).")] = "coarse",
+        str | None, typer.Option(help="Shorter image sides in pixels, comma-separated (256,384).")
+    ] = None,
+    stride: Annotated[str | None, typer.Option(help="coarse or fine (offset pooling).")] = None,
     trainable: Annotated[
-        str, typer.Option(help="classifier (fc6-fc8) or output (fc8 only).")
-    ] = "classifier",
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Global images per step.")] = 8,
-    optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = "adam",
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 0.0,
-    positive_iou: Annotated[float, typer.Option(help="Window-box IoU for an object.")] = 0.5,
-    negative_iou: Annotated[float, typer.Option(help="Best IoU below this: background.")] = 0.3,
-    random_negatives: Annotated[int, typer.Option(help="Random negatives per image/scale.")] = 2,
+        str | None, typer.Option(help="classifier (fc6-fc8) or output (fc8 only).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (2).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global images per step (8).")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam or sgd.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (1e-4).")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum (0.9).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay (0).")] = None,
+    positive_iou: Annotated[
+        float | None, typer.Option(help="Window-box IoU for an object (0.5).")
+    ] = None,
+    negative_iou: Annotated[
+        float | None, typer.Option(help="Best IoU below this: background (0.3).")
+    ] = None,
+    random_negatives: Annotated[
+        int | None, typer.Option(help="Random negatives per image/scale (2).")
+    ] = None,
     hard_negatives: Annotated[
-        int, typer.Option(help="Most offending negatives per image/scale.")
-    ] = 2,
-    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random mirror images.")] = True,
-    gpus: Annotated[int, typer.Option(help="Ray Train workers with one GPU each.")] = 0,
-    workers: Annotated[int, typer.Option(help="CPU workers when --gpus 0.")] = 1,
-    cpus_per_worker: Annotated[int, typer.Option(help="CPUs per worker (0: even).")] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+        int | None, typer.Option(help="Most offending negatives per image/scale (2).")
+    ] = None,
+    flip: Annotated[
+        bool | None, typer.Option("--flip/--no-flip", help="Random mirror images (on).")
+    ] = None,
+    gpus: Annotated[int | None, typer.Option(help="Ray Train workers with one GPU each.")] = None,
+    workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
+    cpus_per_worker: Annotated[int | None, typer.Option(help="CPUs per worker (0: even).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     limit_train_batches: Annotated[
-        int, typer.Option(help="Steps per epoch for a smoke run (0: all).")
-    ] = 0,
-    max_failures: Annotated[int, typer.Option(help="Worker restarts allowed.")] = 2,
+        int | None, typer.Option(help="Steps per epoch for a smoke run (0: all).")
+    ] = None,
+    max_failures: Annotated[int | None, typer.Option(help="Worker restarts allowed.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
 ) -> None:
     """Train the classifier spatially with a background class on frozen conv layers."""
-    from convplat.localize.detect import DetectConfig, train_detector
+    from convplat.localize.config import DetectConfig
+    from convplat.localize.detect import train_detector
 
     config = DetectConfig(
         run=run,
-        data=data or "",
-        out=out,
-        run_name=run_name or "",
-        weights=weights,
-        scales=parse_scales(scales),
-        stride=stride,
-        trainable=trainable,
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        positive_iou=positive_iou,
-        negative_iou=negative_iou,
-        random_negatives=random_negatives,
-        hard_negatives=hard_negatives,
-        flip=flip,
-        gpus=gpus,
-        workers=workers,
-        cpus_per_worker=cpus_per_worker,
-        seed=seed,
-        limit_train_batches=limit_train_batches,
-        max_failures=max_failures,
-        address=address,
+        **given(
+            data=data,
+            out=out,
+            run_name=run_name,
+            weights=weights,
+            scales=parse_scales(scales),
+            stride=stride,
+            trainable=trainable,
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            positive_iou=positive_iou,
+            negative_iou=negative_iou,
+            random_negatives=random_negatives,
+            hard_negatives=hard_negatives,
+            flip=flip,
+            gpus=gpus,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            seed=seed,
+            limit_train_batches=limit_train_batches,
+            max_failures=max_failures,
+            address=address,
+        ),
     )
     console.print(f"detection run written to {train_detector(config)}", markup=False)
 
@@ -105,7 +117,7 @@ def train(
 def evaluate(
     run: Annotated[str, typer.Argument(help="Detection run (from `convplat detect train`).")],
     data: Annotated[str | None, typer.Option(help="Shards (default: the run's).")] = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    split: Annotated[str | None, typer.Option(help="Split to evaluate (val).")] = None,
     scales: Annotated[
         str | None, typer.Option(help="Shorter sides, comma-separated (default: training's).")
     ] = None,
@@ -113,14 +125,17 @@ def evaluate(
         str | None, typer.Option(help="coarse or fine (default: training's).")
     ] = None,
     score_threshold: Annotated[
-        float, typer.Option(help="Least object probability a window needs to propose a box.")
-    ] = 0.5,
+        float | None,
+        typer.Option(help="Least object probability a window needs to propose a box (0.5)."),
+    ] = None,
     merge_threshold: Annotated[
-        float, typer.Option(help="Greedy-merge threshold t (match score).")
-    ] = 0.6,
-    weights: Annotated[str, typer.Option(help="final or latest.")] = "final",
-    limit: Annotated[int, typer.Option(help="Evaluate only this many images (0: all).")] = 0,
-    pictures: Annotated[int, typer.Option(help="Images drawn in the PNG.")] = 6,
+        float | None, typer.Option(help="Greedy-merge threshold t (match score; 0.6).")
+    ] = None,
+    weights: Annotated[str | None, typer.Option(help="final or latest (final).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Evaluate only this many images (0: all).")
+    ] = None,
+    pictures: Annotated[int | None, typer.Option(help="Images drawn in the PNG (6).")] = None,
     regressor: Annotated[
         str | None,
         typer.Option(
@@ -130,22 +145,24 @@ def evaluate(
     ] = None,
 ) -> None:
     """mAP and per-class AP (IoU >= 0.5) with dense multi-scale inference; JSON and PNG."""
-    from convplat.localize.detect import evaluate_detector
+    from convplat.localize.detect_eval import evaluate_detector
 
     result = evaluate_detector(
         run,
-        data=data,
-        split=split,
-        scales=parse_scales(scales),
-        stride=stride,
-        score_threshold=score_threshold,
-        merge_threshold=merge_threshold,
-        weights=weights,
-        limit=limit,
-        pictures=pictures,
-        regressor=regressor,
+        **given(
+            data=data,
+            split=split,
+            scales=parse_scales(scales),
+            stride=stride,
+            score_threshold=score_threshold,
+            merge_threshold=merge_threshold,
+            weights=weights,
+            limit=limit,
+            pictures=pictures,
+            regressor=regressor,
+        ),
     )
-    table = Table(title=f"detection AP ({split}, {result['images']} images, IoU >= 0.5)")
+    table = Table(title=f"detection AP ({result['split']}, {result['images']} images, IoU >= 0.5)")
     for column in ("class", "AP", "positives", "detections", "hits"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in result["per_class"]:

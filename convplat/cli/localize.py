@@ -1,7 +1,7 @@
 """`convplat localize train|eval RUN`: OverFeat's box regression on a trained run (O §4).
 
 Parse, build a config, make one library call, print a summary; the work is in
-:mod:`convplat.localize.localize`.
+:mod:`convplat.localize.localize` and :mod:`convplat.localize.localize_eval`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from convplat.cli.options import given
 from convplat.errors import ConfigError
 
 localize_app = typer.Typer(
@@ -41,62 +42,66 @@ def localize_train(
     ] = None,
     out: Annotated[str | None, typer.Option(help="Output folder (default RUN/localize).")] = None,
     per_class: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--per-class/--single-class",
-            help="One box per class (PCR) instead of one shared box (SCR, the winning entry).",
+            help="One box per class (PCR) instead of one shared box (SCR, the winning entry; "
+            "default).",
         ),
-    ] = False,
+    ] = None,
     scales: Annotated[
         str | None, typer.Option(help="Training scales as shorter sides, e.g. 245,281,317.")
     ] = None,
-    stride: Annotated[str, typer.Option(help="fine (offset pooling) or coarse.")] = "fine",
+    stride: Annotated[str | None, typer.Option(help="fine (offset pooling) or coarse.")] = None,
     hidden: Annotated[
         str | None, typer.Option(help="Hidden widths of the regressor (paper: 4096,1024).")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-4,
-    optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = "adam",
-    gpus: Annotated[int, typer.Option(help="Ray Train workers with one GPU each.")] = 0,
-    workers: Annotated[int, typer.Option(help="CPU workers when --gpus 0.")] = 1,
-    weights: Annotated[str, typer.Option(help="Run weights: final, best or latest.")] = "final",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (3).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Global batch size (32).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (1e-4).")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam or sgd.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="Ray Train workers with one GPU each.")] = None,
+    workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
+    weights: Annotated[str | None, typer.Option(help="Run weights: final, best or latest.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     limit_train_batches: Annotated[
-        int, typer.Option(help="Batches per epoch for a smoke run (0: all).")
-    ] = 0,
-    limit_val_batches: Annotated[int, typer.Option(help="Validation batches (0: all).")] = 0,
+        int | None, typer.Option(help="Batches per epoch for a smoke run (0: all).")
+    ] = None,
+    limit_val_batches: Annotated[
+        int | None, typer.Option(help="Validation batches (0: all).")
+    ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an earlier regressor in the folder.")
-    ] = False,
+        bool | None,
+        typer.Option("--overwrite", help="Replace an earlier regressor in the folder."),
+    ] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
 ) -> None:
     """Freeze the run's conv layers and train the box regressor (L2, several scales)."""
-    from convplat.localize.localize import LocalizeConfig, train_localizer
+    from convplat.localize.config import LocalizeConfig
+    from convplat.localize.localize import train_localizer
 
-    values = {
-        "scales": parse_ints(scales, "--scales"),
-        "hidden": parse_ints(hidden, "--hidden"),
-    }
     config = LocalizeConfig(
         run=run,
-        data=data or "",
-        out=out or "",
-        weights=weights,
-        per_class=per_class,
-        stride=stride,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        gpus=gpus,
-        workers=workers,
-        seed=seed,
-        limit_train_batches=limit_train_batches,
-        limit_val_batches=limit_val_batches,
-        overwrite=overwrite,
-        address=address,
-        **{k: v for k, v in values.items() if v is not None},
+        **given(
+            data=data,
+            out=out,
+            per_class=per_class,
+            scales=parse_ints(scales, "--scales"),
+            stride=stride,
+            hidden=parse_ints(hidden, "--hidden"),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            gpus=gpus,
+            workers=workers,
+            weights=weights,
+            seed=seed,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            overwrite=overwrite,
+            address=address,
+        ),
     )
     console.print(f"regressor written to {train_localizer(config)}", markup=False)
 
@@ -108,41 +113,45 @@ def localize_eval(
         str | None, typer.Option(help="Localization folder (default RUN/localize).")
     ] = None,
     data: Annotated[str | None, typer.Option(help="Shards (default: training's).")] = None,
-    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    split: Annotated[str | None, typer.Option(help="Split to evaluate (val).")] = None,
     scales: Annotated[
         str | None, typer.Option(help="Test scales, e.g. 245,281 (default: training's).")
     ] = None,
     stride: Annotated[
         str | None, typer.Option(help="fine or coarse (default: training's).")
     ] = None,
-    top_k: Annotated[int, typer.Option(help="Classes kept per scale (O §4 step a).")] = 5,
+    top_k: Annotated[
+        int | None, typer.Option(help="Classes kept per scale (O §4 step a; 5).")
+    ] = None,
     threshold: Annotated[
-        float, typer.Option(help="Greedy-merge threshold t on the match score.")
-    ] = 0.5,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
-    limit: Annotated[int, typer.Option(help="At most this many images (0: all).")] = 0,
-    samples: Annotated[int, typer.Option(help="Images drawn in the PNG.")] = 8,
+        float | None, typer.Option(help="Greedy-merge threshold t on the match score (0.5).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (16).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many images (0: all).")] = None,
+    samples: Annotated[int | None, typer.Option(help="Images drawn in the PNG (8).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: auto).")] = None,
 ) -> None:
     """ILSVRC top-1/top-5 localization error, and a PNG of predicted vs true boxes."""
-    from convplat.localize.localize import evaluate_localizer
+    from convplat.localize.localize_eval import evaluate_localizer
 
     result = evaluate_localizer(
         run,
-        out=out or "",
-        data=data or "",
-        split=split,
-        scales=parse_ints(scales, "--scales"),
-        stride=stride,
-        top_k=top_k,
-        threshold=threshold,
-        batch_size=batch_size,
-        limit=limit,
-        samples=samples,
-        device=device,
+        **given(
+            out=out,
+            data=data,
+            split=split,
+            scales=parse_ints(scales, "--scales"),
+            stride=stride,
+            top_k=top_k,
+            threshold=threshold,
+            batch_size=batch_size,
+            limit=limit,
+            samples=samples,
+            device=device,
+        ),
     )
     console.print(
-        f"{run} ({split}, {result['count']} images, scales {result['scales']}): "
+        f"{run} ({result['split']}, {result['count']} images, scales {result['scales']}): "
         f"top-1 localization error {result['top1_loc_err']:.4f}, "
         f"top-5 {result['top5_loc_err']:.4f} (classification {result['top1_cls_err']:.4f} / "
         f"{result['top5_cls_err']:.4f}); boxes drawn in {result['png']}",

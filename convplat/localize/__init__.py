@@ -1,10 +1,12 @@
 """OverFeat (Sermanet et al. 2014): dense multi-scale scoring and offset pooling (dense.py),
-box utilities and the greedy merge (boxes.py), localization (localize.py) and detection
-(detect.py). Localization and detection build on ``offset_pool`` / ``interleave`` /
-``window_boxes``.
+box utilities and the greedy merge (boxes.py), the regressor at several scales
+(multiscale.py), localization (localize.py trains, localize_eval.py scores) and detection
+(detect.py trains, detect_eval.py scores); their settings are config.py. Localization and
+detection build on ``offset_pool`` / ``interleave`` / ``window_boxes``.
 """
 
 from convplat.localize.boxes import box_iou, box_merge, greedy_merge, match_score
+from convplat.localize.config import DetectConfig, LocalizeConfig
 from convplat.localize.dense import (
     PAPER_SCALES,
     PAPER_TABLE_SIZES,
@@ -22,13 +24,10 @@ from convplat.localize.dense import (
     window_logits,
     window_step,
 )
-from convplat.localize.detect import (
-    DetectConfig,
-    evaluate_detector,
-    match_detections,
-    train_detector,
-)
-from convplat.localize.localize import LocalizeConfig, evaluate_localizer, train_localizer
+from convplat.localize.detect import train_detector
+from convplat.localize.detect_eval import evaluate_detector
+from convplat.localize.localize import train_localizer
+from convplat.localize.localize_eval import evaluate_localizer
 
 __all__ = [
     "DetectConfig",
@@ -38,7 +37,6 @@ __all__ = [
     "evaluate_detector",
     "evaluate_localizer",
     "greedy_merge",
-    "match_detections",
     "match_score",
     "train_detector",
     "train_localizer",

@@ -186,7 +186,7 @@ def select_windows(
 
 
 # --------------------------------------------------------------------------- windows
-def normalise(image: np.ndarray, rgb_mean: Tensor, input_scale: float, device) -> Tensor:
+def whole_image_input(image: np.ndarray, rgb_mean: Tensor, input_scale: float, device) -> Tensor:
     """uint8 (H, W, 3) -> float (3, H, W): minus the per-channel mean, times ``input_scale``.
 
     Whole images at other scales do not line up with the 256x256 per-pixel mean image, so

@@ -23,7 +23,7 @@ from datetime import datetime
 
 from convplat.config import TrainConfig
 from convplat.errors import ConfigError
-from convplat.storage import Location, resolve
+from convplat.storage import Location
 from convplat.training.models import model_info
 from convplat.training.models.variants import PAPER_TABLE3, table3_row, variant_names
 from convplat.training.recipe import resolve_train_config
@@ -61,7 +61,7 @@ def job_slots(config: TrainConfig, variants: int) -> int:
     if config.cpus_per_worker:
         slots = min(slots, cpus // (config.cpus_per_worker * config.world_size))
     else:
-        slots = 1  # each job shares every CPU among its workers (trainer._scaling)
+        slots = 1  # each job shares every CPU among its workers (raytrain.check_scaling)
     if config.gpus:
         slots = min(slots, gpus // config.gpus)
     return max(1, slots)
@@ -93,7 +93,7 @@ def ablate(
     Returns:
         The table: ``dir``, ``parallel``, ``rows`` (one dict per variant, in the given order).
     """
-    from convplat.cluster import ensure_ray
+    from convplat.raytrain import check_scaling, new_run_dir, run_name
 
     names = expand_variants(variants)
     if parallel < 0:
@@ -101,18 +101,20 @@ def ablate(
     overrides = dict(overrides or {})
     for key in ("out", "run_name", "model"):
         overrides.pop(key, None)
+    given = bool(name)
     name = name or f"ablate-{datetime.now():%Y%m%d-%H%M%S}"
-    study = resolve(out).join(name) if "://" not in out else f"{out.rstrip('/')}/{name}"
     configs = {
-        n: resolve_train_config(n, config_file, {**overrides, "out": study, "run_name": n})
+        n: resolve_train_config(n, config_file, {**overrides, "out": out, "run_name": n})
         for n in names
     }  # every name and option checked before any job starts
-    ensure_ray(overrides.get("address"))
+    check_scaling(next(iter(configs.values())))  # and the cluster: nothing written before
+    location = new_run_dir(out, name, given=given, hint="choose another --name")
+    name = run_name(location)
+    configs = {n: dataclasses.replace(c, out=location.uri) for n, c in configs.items()}
     slots = job_slots(next(iter(configs.values())), len(names))
     workers = min(parallel or slots, slots)
     if workers > 1:  # rank-0 progress bars of concurrent jobs would overwrite each other
         configs = {n: dataclasses.replace(c, progress=False) for n, c in configs.items()}
-    location = resolve(study)
     table = {
         "name": name,
         "dir": location.uri,
@@ -153,8 +155,9 @@ def _pending_row(name: str) -> dict:
 
 def _train_and_score(config: TrainConfig, train_error: bool, batch_size: int) -> dict:
     """One variant: fit, then centre-crop error of the final weights on train and val."""
+    from convplat.raytrain import TrainingError
     from convplat.training.evaluate import evaluate
-    from convplat.training.trainer import TrainingError, fit
+    from convplat.training.trainer import fit
 
     started = time.perf_counter()
     try:

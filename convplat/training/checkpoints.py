@@ -16,13 +16,15 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from convplat.errors import ConvplatError
+from convplat.errors import ConfigError, ConvplatError
+from convplat.raytrain import CHECKPOINTS
 from convplat.storage import Location, resolve
 
-CHECKPOINTS = "checkpoints"
+__all__ = ["CHECKPOINTS", "BEST_WEIGHTS", "FINAL_WEIGHTS", "LATEST", "WEIGHTS_CHOICES"]
 FINAL_WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 LATEST = "latest"
+WEIGHTS_CHOICES = ("final", "best", "latest")
 
 
 def state_dict_bytes(model: nn.Module) -> bytes:
@@ -139,6 +141,10 @@ def load_run_model(run_dir: str, weights: str = "final") -> tuple[nn.Module, dic
     """Rebuild a run's model and load its ``final`` / ``best`` / ``latest`` weights."""
     from convplat.training.models import create_model
 
+    if weights not in WEIGHTS_CHOICES:
+        raise ConfigError(
+            f"--weights: expected one of {', '.join(WEIGHTS_CHOICES)}, got {weights!r}"
+        )
     config = read_run_config(run_dir)
     location = resolve(run_dir)
     if weights == "latest":

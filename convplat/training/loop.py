@@ -7,7 +7,6 @@ padding) and all-reduces the sums, so top-1/top-5 are exact (FIELD-NOTES: distri
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -15,6 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from convplat.raytrain import check_finite
 
 
 def topk_correct(
@@ -82,8 +83,7 @@ def train_one_epoch(
         tick = time.perf_counter()
     seconds = time.perf_counter() - started
     mean_loss = float(loss_sum) / max(images, 1)
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"training loss diverged ({mean_loss}); lower --lr")
+    check_finite(mean_loss)  # the one divergence check of every trainer
     return {
         "train_loss": mean_loss,
         "images": images,

@@ -1,0 +1,204 @@
+"""`convplat localize eval`: OverFeat localization inference (O §4 steps a-d) and the ILSVRC
+localization error: classifier and regressor at every location and scale, the top-k classes
+per scale, greedily merged boxes, and top-1/top-5 error at IoU >= 0.5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from convplat.errors import ConfigError, ConvplatError
+from convplat.localize.boxes import box_iou, greedy_merge
+from convplat.localize.dense import STRIDES
+from convplat.localize.localize import WEIGHTS, output_dir
+from convplat.localize.multiscale import build_regressor, frames_to_inputs, freeze_all, run_scale
+from convplat.localize.regressor import BoxRegressor, to_image_boxes
+from convplat.storage import resolve
+from convplat.training.checkpoints import load_weights, write_json
+
+
+@dataclass
+class Guess:
+    """One (class, box) answer: ILSVRC lets an image have up to five."""
+
+    label: int
+    box: list[float]
+    score: float
+
+
+def image_candidates(
+    model: nn.Module,
+    regressor: BoxRegressor,
+    images: Tensor,
+    scales: Sequence[int],
+    stride: str,
+    top_k: int,
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """O §4 steps (a)-(c) for a batch: per image the union over scales of the boxes of the
+    top-k classes of each scale, in frame pixels, with each window's class probability.
+
+    Returns per image ``(boxes (N, 4), scores (N,), labels (N,))``.
+    """
+    batch, _, height, width = images.shape
+    per_image: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(batch)]
+    limit = torch.tensor([width, height, width, height], dtype=torch.float32)
+    for scale in scales:
+        with torch.no_grad():
+            out = run_scale(model, regressor, images, scale, stride, classify=True)
+        probs = out.logits.float().softmax(dim=1).flatten(2).cpu()  # (B, C, L)
+        k = min(top_k, probs.shape[1])
+        classes = probs.amax(dim=2).topk(k, dim=1).indices  # (B, k): (a) C_s
+        raw = out.boxes.float().cpu()
+        sx, sy = out.factor
+        unscale = torch.tensor([sx, sy, sx, sy])
+        windows = out.windows.cpu()
+        for b in range(batch):
+            for label in classes[b].tolist():
+                relative = regressor.select(raw[b : b + 1], torch.tensor([label]))[0]
+                relative = relative.flatten(1).T  # (L, 4)
+                boxes = to_image_boxes(relative, windows, model.input_size) / unscale
+                boxes = boxes.clamp_min(0).minimum(limit)  # (b) B_s, in frame pixels
+                per_image[b].append(
+                    (boxes, probs[b, label], torch.full((len(boxes),), label, dtype=torch.int64))
+                )
+    return [tuple(torch.cat([part[i] for part in parts]) for i in range(3)) for parts in per_image]
+
+
+def guesses(boxes: Tensor, scores: Tensor, labels: Tensor, count: int = 5) -> list[Guess]:
+    """The final answers from merged boxes: each class's best box, classes ranked by it."""
+    answers: list[Guess] = []
+    seen: set[int] = set()
+    for i in scores.argsort(descending=True, stable=True).tolist():
+        label = int(labels[i])
+        if label in seen:
+            continue
+        seen.add(label)
+        answers.append(Guess(label, [round(float(v), 2) for v in boxes[i]], float(scores[i])))
+        if len(answers) == count:
+            break
+    return answers
+
+
+def localization_correct(answer: Guess, label: int, truth: Tensor, iou: float = 0.5) -> bool:
+    """ILSVRC: the right class and IoU >= 0.5 with some ground-truth box of it."""
+    if answer.label != label or truth.numel() == 0:
+        return False
+    overlap = box_iou(torch.tensor([answer.box]), truth.reshape(-1, 4).float())
+    return bool((overlap >= iou).any())
+
+
+def evaluate_localizer(
+    run: str,
+    *,
+    out: str = "",
+    data: str = "",
+    split: str = "val",
+    scales: Sequence[int] | None = None,
+    stride: str | None = None,
+    top_k: int = 5,
+    threshold: float = 0.5,
+    batch_size: int = 16,
+    limit: int = 0,
+    samples: int = 8,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """`convplat localize eval`: ILSVRC top-1/top-5 localization error of a trained regressor.
+
+    Writes ``eval-<split>.json`` and ``boxes-<split>.png`` (predicted vs true boxes on the
+    first ``samples`` images) into the localization directory and returns the metrics.
+    """
+    from convplat.localize.box_data import eval_box_batches
+    from convplat.localize.plots import boxes_png
+    from convplat.progress import progress_bar
+    from convplat.training.augment import BatchTransform
+    from convplat.training.checkpoints import load_run_model
+    from convplat.training.data import load_stats, read_manifest
+
+    if top_k < 1:
+        raise ConfigError(f"--top-k: expected >= 1, got {top_k}")
+    if threshold < 0:
+        raise ConfigError(f"--threshold: expected >= 0, got {threshold}")
+    location = resolve(output_dir(run, out))
+    if not location.exists(WEIGHTS) or not location.exists("config.json"):
+        raise ConvplatError(
+            f"no trained regressor in {location.uri}: run `convplat localize train {run}` first"
+        )
+    record = json.loads(location.read_bytes("config.json"))
+    scales = tuple(scales or record["scales"])
+    stride = stride or record["stride"]
+    if stride not in STRIDES:
+        raise ConfigError(f"--stride: expected fine or coarse, got {stride!r}")
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, run_config = load_run_model(run, record["weights"])
+    model = freeze_all(model).to(target)
+    regressor = build_regressor(model, record)
+    load_weights(regressor, location.read_bytes(WEIGHTS))
+    regressor = regressor.to(target).eval()
+    shards = data or record["data"]
+    transform = BatchTransform.from_stats(
+        load_stats(shards), lighting_std=0.0, input_scale=run_config.get("input_scale", 1.0)
+    ).to(target)
+    names = [c.get("name") or c["wnid"] for c in read_manifest(shards)["classes"]]
+
+    count = top1 = top5 = cls1 = cls5 = 0
+    rows: list[dict] = []
+    pictures: list[tuple] = []
+    started = time.perf_counter()
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task("localize", total=None, rate="")
+        for batch in eval_box_batches(shards, split, batch_size=batch_size, limit=limit):
+            images = frames_to_inputs(batch.images.to(target), transform)
+            candidates = image_candidates(model, regressor, images, scales, stride, top_k)
+            for i, (boxes, scores, labels) in enumerate(candidates):
+                merged = greedy_merge(boxes, scores, labels, threshold)  # (d) + final scores
+                answers = guesses(*merged)
+                label, truth = int(batch.labels[i]), batch.boxes[i]
+                hits = [localization_correct(a, label, truth) for a in answers]
+                count += 1
+                top1 += bool(hits[:1] and hits[0])
+                top5 += any(hits)
+                cls1 += bool(answers and answers[0].label == label)
+                cls5 += any(a.label == label for a in answers)
+                rows.append(
+                    {
+                        "key": batch.keys[i],
+                        "label": label,
+                        "truth": truth.tolist(),
+                        "guesses": [dataclasses.asdict(a) for a in answers],
+                        "merged": int(merged[0].shape[0]),
+                        "candidates": int(boxes.shape[0]),
+                    }
+                )
+                if len(pictures) < samples:
+                    pictures.append((batch.images[i].numpy(), label, truth, answers))
+            bar.update(task, completed=count, rate="")
+    if count == 0:
+        raise ConvplatError(f"{shards}: the {split!r} split has no samples")
+    result = {
+        "run": run,
+        "split": split,
+        "data": shards,
+        "scales": list(scales),
+        "stride": stride,
+        "top_k": top_k,
+        "threshold": threshold,
+        "per_class": bool(record["per_class"]),
+        "count": count,
+        "top1_loc_err": 1 - top1 / count,
+        "top5_loc_err": 1 - top5 / count,
+        "top1_cls_err": 1 - cls1 / count,
+        "top5_cls_err": 1 - cls5 / count,
+        "seconds": time.perf_counter() - started,
+    }
+    write_json(location, f"eval-{split}.json", {**result, "images": rows})
+    location.write_bytes(f"boxes-{split}.png", boxes_png(pictures, names))
+    result["png"] = location.child(f"boxes-{split}.png").uri
+    return result
