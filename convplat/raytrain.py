@@ -30,7 +30,6 @@ import torch.distributed as dist
 from convplat.errors import ConfigError, ConvplatError, ResourceError
 from convplat.storage import Location, resolve
 
-OPTIMIZERS = ("sgd", "adam")
 ERROR_LOG = "error.log"
 CHECKPOINTS = "checkpoints"  # Ray Train's storage_path/name below the run directory
 

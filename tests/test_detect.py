@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from convplat.cli.main import main
+from convplat.config.localize import DetectConfig
 from convplat.localize.boxes import box_iou
-from convplat.localize.config import DetectConfig
 from convplat.localize.dense import offset_count, window_step
 from convplat.localize.detect_eval import detect_image
 from convplat.localize.detect_model import add_background_class

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_imagenet_tree
+from tensorboard_events import read_scalars
 
 from convplat.config import PrepareConfig, TrainConfig
 from convplat.pipeline import prepare
 from convplat.training import evaluate, fit
 from convplat.training.checkpoints import load_run_model
-from convplat.training.tensorboard import EVENT_FILE, read_scalars
+from convplat.training.tensorboard import EVENT_FILE
 from convplat.training.trainer import resume_config
 
 

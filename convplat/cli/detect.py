@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from convplat.cli.options import given
+from convplat.cli.common import given
 from convplat.errors import ConfigError
 
 detect_app = typer.Typer(
@@ -77,38 +77,15 @@ def train(
     address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
 ) -> None:
     """Train the classifier spatially with a background class on frozen conv layers."""
-    from convplat.localize.config import DetectConfig
+    values = given(locals(), exclude=("run",))
+    if scales is not None:
+        values["scales"] = parse_scales(scales)
+    from convplat.config.localize import DetectConfig
     from convplat.localize.detect import train_detector
 
     config = DetectConfig(
         run=run,
-        **given(
-            data=data,
-            out=out,
-            run_name=run_name,
-            weights=weights,
-            scales=parse_scales(scales),
-            stride=stride,
-            trainable=trainable,
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            positive_iou=positive_iou,
-            negative_iou=negative_iou,
-            random_negatives=random_negatives,
-            hard_negatives=hard_negatives,
-            flip=flip,
-            gpus=gpus,
-            workers=workers,
-            cpus_per_worker=cpus_per_worker,
-            seed=seed,
-            limit_train_batches=limit_train_batches,
-            max_failures=max_failures,
-            address=address,
-        ),
+        **values,
     )
     console.print(f"detection run written to {train_detector(config)}", markup=False)
 
@@ -145,22 +122,14 @@ def evaluate(
     ] = None,
 ) -> None:
     """mAP and per-class AP (IoU >= 0.5) with dense multi-scale inference; JSON and PNG."""
+    values = given(locals(), exclude=("run",))
+    if scales is not None:
+        values["scales"] = parse_scales(scales)
     from convplat.localize.detect_eval import evaluate_detector
 
     result = evaluate_detector(
         run,
-        **given(
-            data=data,
-            split=split,
-            scales=parse_scales(scales),
-            stride=stride,
-            score_threshold=score_threshold,
-            merge_threshold=merge_threshold,
-            weights=weights,
-            limit=limit,
-            pictures=pictures,
-            regressor=regressor,
-        ),
+        **values,
     )
     table = Table(title=f"detection AP ({result['split']}, {result['images']} images, IoU >= 0.5)")
     for column in ("class", "AP", "positives", "detections", "hits"):

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from convplat.cli.options import given
+from convplat.cli.common import given
 from convplat.errors import ConfigError
 
 localize_app = typer.Typer(
@@ -77,31 +77,17 @@ def localize_train(
     address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
 ) -> None:
     """Freeze the run's conv layers and train the box regressor (L2, several scales)."""
-    from convplat.localize.config import LocalizeConfig
+    values = given(locals(), exclude=("run",))
+    if scales is not None:
+        values["scales"] = parse_ints(scales, "--scales")
+    if hidden is not None:
+        values["hidden"] = parse_ints(hidden, "--hidden")
+    from convplat.config.localize import LocalizeConfig
     from convplat.localize.localize import train_localizer
 
     config = LocalizeConfig(
         run=run,
-        **given(
-            data=data,
-            out=out,
-            per_class=per_class,
-            scales=parse_ints(scales, "--scales"),
-            stride=stride,
-            hidden=parse_ints(hidden, "--hidden"),
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer=optimizer,
-            gpus=gpus,
-            workers=workers,
-            weights=weights,
-            seed=seed,
-            limit_train_batches=limit_train_batches,
-            limit_val_batches=limit_val_batches,
-            overwrite=overwrite,
-            address=address,
-        ),
+        **values,
     )
     console.print(f"regressor written to {train_localizer(config)}", markup=False)
 
@@ -132,23 +118,14 @@ def localize_eval(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: auto).")] = None,
 ) -> None:
     """ILSVRC top-1/top-5 localization error, and a PNG of predicted vs true boxes."""
+    values = given(locals(), exclude=("run",))
+    if scales is not None:
+        values["scales"] = parse_ints(scales, "--scales")
     from convplat.localize.localize_eval import evaluate_localizer
 
     result = evaluate_localizer(
         run,
-        **given(
-            out=out,
-            data=data,
-            split=split,
-            scales=parse_ints(scales, "--scales"),
-            stride=stride,
-            top_k=top_k,
-            threshold=threshold,
-            batch_size=batch_size,
-            limit=limit,
-            samples=samples,
-            device=device,
-        ),
+        **values,
     )
     console.print(
         f"{run} ({result['split']}, {result['count']} images, scales {result['scales']}): "

@@ -26,9 +26,3 @@ LimitTrainBatches = Annotated[
 LimitValBatches = Annotated[int | None, typer.Option(help="Validation batches per epoch (0: all).")]
 Amp = Annotated[bool | None, typer.Option("--amp/--no-amp", help="bf16 autocast.")]
 Address = Annotated[str | None, typer.Option(help="Ray cluster address.")]
-
-
-def given(**values) -> dict:
-    """Only the options the user passed: None means not given, so every default lives in one
-    place (the config class, or the library function's signature)."""
-    return {k: v for k, v in values.items() if v is not None}

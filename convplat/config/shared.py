@@ -7,6 +7,7 @@ from __future__ import annotations
 from convplat.config.validate import check
 
 OPTIMIZERS = ("sgd", "adam")
+WEIGHTS_CHOICES = ("final", "best", "latest")  # which of a run's weights to load
 EXECUTORS = ("auto", "local", "ray")  # see convplat.cluster.use_ray for what each means
 
 # Where data is read and written and which cluster is joined come from flags only: a shared

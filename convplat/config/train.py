@@ -131,8 +131,8 @@ def merge_train_config(
     return merge(TrainConfig, [*layers, ("model", chosen)])
 
 
-# What a resumed run may change: more epochs, another cluster, more restarts.
-RESUMABLE = ("epochs", "address", "max_failures")
+# What a resumed run may change: more epochs, another cluster, more restarts, bookkeeping.
+RESUMABLE = ("epochs", "address", "max_failures", "keep_checkpoints", "progress")
 
 
 def resume_train_config(run_dir: str, flags: dict | None = None) -> TrainConfig:
@@ -149,6 +149,18 @@ def resume_train_config(run_dir: str, flags: dict | None = None) -> TrainConfig:
     name = location.child("config.json").uri
     saved = parse_json_object(location.read_bytes("config.json"), name)
     known = {f.name for f in fields(TrainConfig)}
+    changed = sorted(
+        k
+        for k, v in (flags or {}).items()
+        if k not in RESUMABLE and (list(v) if isinstance(v, tuple) else v) != saved.get(k)
+    )
+    if changed:  # silently ignoring them would mislead; applying them would break the run
+        options = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise ConfigError(
+            f"--resume {run_dir}: {options} cannot change a run that exists; --resume takes "
+            f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} "
+            "(start a new run for other settings)"
+        )
     return merge(
         TrainConfig,
         [

@@ -5,8 +5,8 @@ box utilities and the greedy merge (boxes.py), the regressor at several scales
 detection build on ``offset_pool`` / ``interleave`` / ``window_boxes``.
 """
 
+from convplat.config.localize import DetectConfig, LocalizeConfig
 from convplat.localize.boxes import box_iou, box_merge, greedy_merge, match_score
-from convplat.localize.config import DetectConfig, LocalizeConfig
 from convplat.localize.dense import (
     PAPER_SCALES,
     PAPER_TABLE_SIZES,

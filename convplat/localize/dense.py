@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convplat.config.localize import PAPER_SCALES, STRIDES
 from convplat.errors import ConfigError
 from convplat.training.models.base import ConvNet
 
-STRIDES = ("fine", "coarse")
-# O §3.3 / Table 5: the six test scales of the accurate model, as shorter image sides.
-PAPER_SCALES: tuple[int, ...] = (245, 281, 317, 389, 425, 461)
-# The same six scales as the exact input sizes (H, W) of the paper's Table 5.
+# O §3.3 / Table 5: the six test scales of the accurate model as shorter image sides are
+# PAPER_SCALES (convplat.config.localize, with STRIDES); here the same six scales as the
+# exact input sizes (H, W) of the paper's Table 5.
 PAPER_TABLE_SIZES: tuple[tuple[int, int], ...] = (
     (245, 245),
     (281, 317),

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convplat.config.localize import DetectConfig
 from convplat.errors import ConfigError, DatasetError
-from convplat.localize.config import DetectConfig
 from convplat.localize.detect_model import DetectorHead, add_background_class, set_trainable
 from convplat.localize.detection_data import (
     flip_sample,

@@ -7,8 +7,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-TRAINABLE = ("classifier", "output")  # fc6-fc8, or only the output layer
-
 
 def add_background_class(model: nn.Module) -> int:
     """Widen the output layer by one background class; returns its index (the old class count).

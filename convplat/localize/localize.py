@@ -20,8 +20,8 @@ import time
 
 import torch
 
+from convplat.config.localize import LocalizeConfig
 from convplat.errors import ConfigError, ConvplatError
-from convplat.localize.config import LocalizeConfig
 from convplat.localize.multiscale import (
     build_regressor,
     frames_to_inputs,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-HIDDEN = (4096, 1024)  # O §4: "2 fully-connected hidden layers of size 4096 and 1024"
+from convplat.config.localize import HIDDEN
 
 
 class BoxRegressor(nn.Module):

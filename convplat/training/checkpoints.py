@@ -16,6 +16,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from convplat.config.shared import WEIGHTS_CHOICES
 from convplat.errors import ConfigError, ConvplatError
 from convplat.raytrain import CHECKPOINTS
 from convplat.storage import Location, resolve
@@ -24,7 +25,6 @@ __all__ = ["CHECKPOINTS", "BEST_WEIGHTS", "FINAL_WEIGHTS", "LATEST", "WEIGHTS_CH
 FINAL_WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 LATEST = "latest"
-WEIGHTS_CHOICES = ("final", "best", "latest")
 
 
 def state_dict_bytes(model: nn.Module) -> bytes:
@@ -92,7 +92,9 @@ def read_run_config(run_dir: str) -> dict:
             f"{run_dir} is not a convplat run: no config.json "
             "(expected runs/<model>-<stamp>/ made by `convplat train`)"
         )
-    return json.loads(location.read_bytes("config.json"))
+    from convplat.config.validate import parse_json_object
+
+    return parse_json_object(location.read_bytes("config.json"), location.child("config.json").uri)
 
 
 def latest_checkpoint(run_dir: str) -> str | None:

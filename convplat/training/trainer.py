@@ -16,7 +16,7 @@ from itertools import islice
 import torch
 
 from convplat.config import TrainConfig
-from convplat.errors import ConfigError, DatasetError
+from convplat.errors import DatasetError
 from convplat.raytrain import (
     Worker,
     build_optimizer,
@@ -29,7 +29,6 @@ from convplat.storage import resolve
 from convplat.training.checkpoints import (
     BEST_WEIGHTS,
     FINAL_WEIGHTS,
-    read_run_config,
     state_dict_bytes,
     write_json,
     write_jsonl,
@@ -37,36 +36,18 @@ from convplat.training.checkpoints import (
 
 # What `--resume` can change in a run; anything else would train another run in its
 # checkpoints (a model or batch size that does not fit, another schedule).
-RESUMABLE = ("epochs", "address", "max_failures", "keep_checkpoints", "progress")
 
 
 # --- the driver -------------------------------------------------------------------------------
 
 
 def resume_config(run_dir: str, overrides: dict | None = None) -> TrainConfig:
-    """The configuration a run recorded, with the ``overrides`` a resume can honour (more
-    epochs, another cluster, ...). Any other setting given with a value the run did not
-    record is refused: it would be silently ignored, or break the run."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    saved = {k: v for k, v in read_run_config(run_dir).items() if k in known}
-    changed = sorted(
-        k
-        for k, v in (overrides or {}).items()
-        if k not in RESUMABLE and _as_recorded(v) != saved.get(k)
-    )
-    if changed:
-        options = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise ConfigError(
-            f"--resume {run_dir}: {options} cannot change a run that exists; --resume takes "
-            f"only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} "
-            "(start a new run for other settings)"
-        )
-    return TrainConfig(**{**saved, **(overrides or {})})
+    """The configuration a run recorded, with the ``overrides`` a resume can honour; any other
+    setting given with a value the run did not record is refused (see
+    :func:`convplat.config.resume_train_config`)."""
+    from convplat.config import resume_train_config
 
-
-def _as_recorded(value):
-    """A value as config.json holds it (tuples are JSON lists)."""
-    return list(value) if isinstance(value, tuple) else value
+    return resume_train_config(run_dir, overrides)
 
 
 def fit(config: TrainConfig, resume: str | None = None) -> str:

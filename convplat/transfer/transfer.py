@@ -27,11 +27,9 @@ from convplat.progress import progress_bar
 from convplat.training.checkpoints import write_json
 from convplat.transfer import finetune
 from convplat.transfer.features import (
-    DEFAULT_QUALITY,
     Checkpoint,
     DatasetFeatures,
     default_device,
-    gather,
     load_checkpoint,
     make_transform,
 )

@@ -31,7 +31,6 @@ from convplat.transfer.features import (
     Checkpoint,
     DatasetFeatures,
     default_device,
-    gather,
     load_checkpoint,
     make_transform,
 )

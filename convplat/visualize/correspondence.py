@@ -223,7 +223,7 @@ def run_correspondence(
     from convplat.storage import resolve
     from convplat.training.checkpoints import load_run_model
     from convplat.training.data import load_stats
-    from convplat.visualize.cli_commands import preprocess
+    from convplat.visualize.runs import preprocess
 
     if len(images) < 2:
         raise ConvplatError(f"expected at least 2 images (the paper uses 5), got {len(images)}")
