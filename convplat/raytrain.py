@@ -376,20 +376,24 @@ class Worker:
             }
             append_event(self.run, event)
 
-    def epoch_seeds(self, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    def epoch_seeds(
+        self, epoch: int, device: torch.device | str = "cpu", data_rank: int | None = None
+    ) -> torch.Generator:
         """Seed the global RNG (dropout) and return a generator (augmentation) for ``epoch``:
-        different on every rank and epoch, identical when a run is resumed or restarted."""
+        different on every rank and epoch, identical when a run is resumed or restarted.
+        Ranks that share a ``data_rank`` (the two columns of a pair) augment alike."""
         torch.manual_seed(self.seed * 100_003 + epoch * 101 + self.rank)
-        return torch.Generator(device=device).manual_seed(
-            self.seed * 7_919 + epoch * 31 + self.rank
-        )
+        stream = self.rank if data_rank is None else data_rank
+        return torch.Generator(device=device).manual_seed(self.seed * 7_919 + epoch * 31 + stream)
 
-    def all_reduce(self, values: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """Sum (or ``max``) ``values`` over the ranks; returned on the tensor's own device."""
+    def all_reduce(self, values: torch.Tensor, op: str = "sum", group=None) -> torch.Tensor:
+        """Sum (or ``max``) ``values`` over the ranks (of ``group``, default all); returned on
+        the tensor's own device."""
         if not self.distributed:
             return values
         reduced = values.to(self.device)
-        dist.all_reduce(reduced, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
+        dist.all_reduce(reduced, op=reduce_op, group=group)
         return reduced.to(values.device)
 
     def step_reporter(self, epoch: int, total: int):

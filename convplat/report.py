@@ -104,7 +104,13 @@ def _model_sections(run: str, config: dict, confusion: bool, max_batches: int | 
 
     model, _ = load_run_model(run, "final")
     sections = [_section("First-layer filters", _img(filters_png(model), "conv1 filters"))]
-    if confusion:
+    recorded = _read_json(resolve(run), "confusion-val.json")
+    if recorded is not None:  # counted by the training workers after the last epoch
+        names = config.get("classes") or [str(i) for i in range(len(recorded["counts"]))]
+        picture = _img(confusion_png(np.asarray(recorded["counts"]), names), "confusion matrix")
+        title = "Confusion matrix (validation, centre crops, after the last epoch)"
+        sections.append(_section(title, picture))
+    elif confusion:
         from convplat.errors import ConvplatError
 
         try:

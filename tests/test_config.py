@@ -113,8 +113,10 @@ def test_resume_keeps_the_recorded_settings(tmp_path):
     run.mkdir()
     saved = {"model": "zfnet", "epochs": 2, "milestones": [1], "lr": 0.02, "unrelated": 1}
     (run / "config.json").write_text(json.dumps(saved))
-    config = resume_train_config(str(run), {"epochs": 5, "lr": 9.0})
+    config = resume_train_config(str(run), {"epochs": 5, "lr": 0.02})
     assert (config.model, config.epochs, config.milestones, config.lr) == ("zfnet", 5, (1,), 0.02)
+    with pytest.raises(ConfigError, match="--lr cannot change a run that exists"):
+        resume_train_config(str(run), {"epochs": 5, "lr": 9.0})  # never silently ignored
 
 
 def test_the_joined_cluster_is_announced(capsys, monkeypatch):

@@ -57,6 +57,17 @@ def train_command(
     limit_train_batches: options.LimitTrainBatches = None,
     limit_val_batches: options.LimitValBatches = None,
     run_name: Annotated[str | None, typer.Option(help="Run directory name.")] = None,
+    parallel: Annotated[
+        str | None,
+        typer.Option(
+            help="data (DDP, default) or columns: AlexNet's two columns on two workers "
+            "(§3.2; pairs of workers, data parallel across pairs)."
+        ),
+    ] = None,
+    report: Annotated[
+        bool | None,
+        typer.Option("--report/--no-report", help="Write RUN/report.html at the end (on)."),
+    ] = None,
 ) -> None:
     """Train a network on prepared shards with Ray Train (DDP), with the paper's recipe."""
     overrides = given(locals(), exclude=("model", "config", "resume"))

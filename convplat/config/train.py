@@ -21,6 +21,7 @@ from convplat.config.validate import (
 from convplat.errors import ConfigError
 
 SCHEDULES = ("plateau", "multistep", "constant")
+PARALLEL = ("data", "columns")  # DDP, or AlexNet §3.2's two columns on two workers
 INITS = ("paper", "kaiming")
 RECIPES = Path(__file__).resolve().parent.parent / "training" / "recipes"
 _FAMILIES = ("overfeat", "zfnet", "alexnet")
@@ -69,6 +70,19 @@ class TrainConfig(WorkerScale):
     progress: bool = True
     recipe: str = ""
     init: str = "paper"  # "paper" (the builders' published init) or "kaiming" (demo preset)
+    parallel: str = "data"  # "data" (DDP) or "columns" (AlexNet §3.2: one column per worker)
+    report: bool = True  # write RUN/report.html at the end
+
+    @property
+    def data_world_size(self) -> int:
+        """Workers that read different batches: all of them, or one per column pair."""
+        return self.world_size // 2 if self.parallel == "columns" else self.world_size
+
+    @property
+    def per_worker_batch(self) -> int:
+        """Each data-parallel rank's share of the global batch (both columns of a pair read
+        the same batch)."""
+        return self.batch_size // self.data_world_size
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -85,6 +99,17 @@ class TrainConfig(WorkerScale):
             f"keep_checkpoints: expected >= 1, got {self.keep_checkpoints}",
         )
         check(self.lighting_std >= 0, f"lighting_std: expected >= 0, got {self.lighting_std}")
+        choice("--parallel", self.parallel, PARALLEL)
+        if self.parallel == "columns":
+            check(
+                self.model == "alexnet",
+                f"--parallel columns: expected the two-column alexnet, got {self.model!r}",
+            )
+            check(
+                self.world_size % 2 == 0,
+                "--parallel columns: expected an even number of workers (a pair per batch), "
+                f"got {self.world_size}",
+            )
 
 
 def recipe_for(model: str) -> str:
@@ -132,7 +157,7 @@ def merge_train_config(
 
 
 # What a resumed run may change: more epochs, another cluster, more restarts, bookkeeping.
-RESUMABLE = ("epochs", "address", "max_failures", "keep_checkpoints", "progress")
+RESUMABLE = ("epochs", "address", "max_failures", "keep_checkpoints", "progress", "report")
 
 
 def resume_train_config(run_dir: str, flags: dict | None = None) -> TrainConfig:

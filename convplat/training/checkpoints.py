@@ -25,6 +25,7 @@ __all__ = ["CHECKPOINTS", "BEST_WEIGHTS", "FINAL_WEIGHTS", "LATEST", "WEIGHTS_CH
 FINAL_WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 LATEST = "latest"
+CONFUSION = "confusion-val.json"  # the last epoch's validation confusion counts (true, predicted)
 
 
 def state_dict_bytes(model: nn.Module) -> bytes:

@@ -298,3 +298,62 @@ def load_full_optimizer_state(
             for k, v in buffers.items()
         }
     optimizer.load_state_dict({"state": own, "param_groups": state["param_groups"]})
+
+
+class _State:
+    """A stand-in for a module or optimizer in checkpoint code: ``state_dict()`` returns the
+    full model's dict, ``load_state_dict(d)`` loads this rank's rows of one."""
+
+    def __init__(self, state: dict | None = None, load=None) -> None:
+        self._state, self._load = state, load
+
+    def state_dict(self) -> dict:
+        return self._state
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        self._load(state)
+
+
+class ColumnTraining:
+    """What a column-parallel Ray Train worker does differently from a DDP one: it holds one
+    column, reads its pair's batch, averages gradients over pairs, and checkpoints the
+    ordinary ``alexnet`` state (gathered), so resume and every reader of runs work unchanged.
+    """
+
+    def __init__(self, full: nn.Module, rank: int, world_size: int, device) -> None:
+        self.grid = make_grid(rank, world_size)
+        self.model = ColumnAlexNet(full, self.grid).to(device)
+
+    @property
+    def data_rank(self) -> int:
+        return self.grid.pair
+
+    @property
+    def data_world_size(self) -> int:
+        return self.grid.pairs
+
+    @property
+    def group(self):
+        """Where per-batch sums are reduced (None with one pair: nothing to reduce)."""
+        return self.grid.data_group
+
+    @property
+    def distributed(self) -> bool:
+        return self.grid.pairs > 1
+
+    def before_step(self) -> None:
+        average_gradients(self.model, self.grid)
+
+    def snapshot(self, optimizer: torch.optim.Optimizer) -> tuple[_State, _State]:
+        """The full model's and optimizer's state (collective: every rank calls it)."""
+        return (
+            _State(full_state_dict(self.model)),
+            _State(full_optimizer_state(optimizer, self.model)),
+        )
+
+    def loaders(self, optimizer: torch.optim.Optimizer) -> tuple[_State, _State]:
+        """Targets a full checkpoint loads into: this rank's rows of it."""
+        return (
+            _State(load=lambda state: load_full_state_dict(self.model, state)),
+            _State(load=lambda state: load_full_optimizer_state(optimizer, self.model, state)),
+        )

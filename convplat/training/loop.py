@@ -46,6 +46,7 @@ def train_one_epoch(
     after_step: Callable[[], None] | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     generator: torch.Generator | None = None,
+    before_step: Callable[[], None] | None = None,
 ) -> dict:
     """Run one pass over ``batches`` of (uint8 images, labels, windows).
 
@@ -72,6 +73,8 @@ def train_one_epoch(
             loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if before_step is not None:  # e.g. column parallelism's gradient average over pairs
+            before_step()
         optimizer.step()
         if after_step is not None:
             after_step()
@@ -103,14 +106,19 @@ def evaluate_batches(
     crops_per_image: int = 1,
     amp: bool = False,
     distributed: bool = False,
+    group=None,
+    num_classes: int = 0,
 ) -> dict:
-    """Loss and top-1/top-5 error over ``batches``, exact across ranks when ``distributed``.
+    """Loss and top-1/top-5 error over ``batches``, exact across ranks when ``distributed``
+    (summed over ``group``, default all ranks).
 
     With ``crops_per_image`` > 1 (ten-crop), ``transform`` returns that many crops per image,
-    image-major, and the softmax outputs are averaged per image (AlexNet §4.1).
+    image-major, and the softmax outputs are averaged per image (AlexNet §4.1). With
+    ``num_classes``, the result also holds ``confusion``: (true, predicted) counts as lists.
     """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
     for images, labels, windows in batches:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -123,17 +131,25 @@ def evaluate_batches(
             probs = probs.view(labels.shape[0], crops_per_image, -1).mean(dim=1)
         loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
         top1, top5 = topk_correct(probs, labels)
+        if num_classes:
+            confusion.index_put_(
+                (labels, probs.argmax(1)), torch.ones_like(labels), accumulate=True
+            )
         sums += torch.tensor(
             [float(loss), top1, top5, labels.shape[0]], dtype=torch.float64, device=device
         )
     if distributed and dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums)
+        dist.all_reduce(sums, group=group)
+        if num_classes:
+            dist.all_reduce(confusion, group=group)
     loss, top1, top5, count = (float(v) for v in sums)
+    extra = {"confusion": confusion.cpu().tolist()} if num_classes else {}
     if count == 0:
-        return {"val_loss": None, "top1_err": None, "top5_err": None, "count": 0}
+        return {"val_loss": None, "top1_err": None, "top5_err": None, "count": 0, **extra}
     return {
         "val_loss": loss / count,
         "top1_err": 1 - top1 / count,
         "top5_err": 1 - top5 / count,
         "count": int(count),
+        **extra,
     }

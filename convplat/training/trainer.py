@@ -28,6 +28,7 @@ from convplat.raytrain import (
 from convplat.storage import resolve
 from convplat.training.checkpoints import (
     BEST_WEIGHTS,
+    CONFUSION,
     FINAL_WEIGHTS,
     state_dict_bytes,
     write_json,
@@ -91,6 +92,10 @@ def fit(config: TrainConfig, resume: str | None = None) -> str:
         storage=run.uri,
         scaling=scaling,
     )
+    if config.report:
+        from convplat.report import write_report
+
+        write_report(run.uri, confusion=False)  # the workers wrote the confusion counts
     return run.uri
 
 
@@ -131,25 +136,28 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     torch.manual_seed(config.seed)  # identical init on every rank (DDP also broadcasts)
     model = build_model(config, loop_config["num_classes"])
-    net = ray.train.torch.prepare_model(model)  # to device, DDP when world > 1
+    data = DataParallel(worker, ray.train.torch.prepare_model, config.parallel, device)
+    net = model = data.wrap(model)  # DDP (or one of AlexNet's columns)
     if config.compile:
         net = torch.compile(net)
     optimizer = build_optimizer(model.parameters(), config)
     scheduler = build_scheduler(optimizer, config)
-    meta = worker.resume(model, optimizer, scheduler) or {"epoch": 0, "history": []}
+    meta = worker.resume(*data.loaders(model, optimizer), scheduler)
+    meta = meta or {"epoch": 0, "history": []}
     start_epoch, history, best = meta["epoch"] + 1, meta["history"], meta.get("best")
     loader_workers = resolve_loader_workers(config.loader_workers)
-    worker.announce(start_epoch, loader_workers=loader_workers)
+    worker.announce(start_epoch, loader_workers=loader_workers, parallel=config.parallel)
 
     train_transform, eval_transform = build_transforms(config, device)
     has_val = "val" in read_manifest(config.data)["splits"]
     radius = getattr(model, "renormalize_radius", None)  # ZFNet §3: renormalise conv filters
     after_step = (lambda: renormalize_filters(model, radius)) if radius else None
-    shared = dict(batch_size=config.per_worker_batch, rank=worker.rank, crop_size=model.input_size)
-    shared.update(world_size=worker.world_size, num_workers=loader_workers, pin_memory=on_gpu)
+    shared = dict(batch_size=config.per_worker_batch, rank=data.rank, crop_size=model.input_size)
+    shared.update(world_size=data.world_size, num_workers=loader_workers, pin_memory=on_gpu)
 
+    state = None
     for epoch in range(start_epoch, config.epochs + 1):
-        generator = worker.epoch_seeds(epoch, device)
+        generator = worker.epoch_seeds(epoch, device, data_rank=data.rank)
         batches = train_loader(
             config.data,
             epoch=epoch,
@@ -171,8 +179,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             after_step=after_step,
             on_step=worker.step_reporter(epoch, total),
             generator=generator,
+            before_step=data.before_step,
         )
-        train = _reduce_train(train, worker)
+        train = _reduce_train(train, worker, data)
         val_batches = eval_loader(config.data, "val", mode="center", **shared) if has_val else []
         if config.limit_val_batches:
             val_batches = islice(val_batches, config.limit_val_batches)
@@ -182,8 +191,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             eval_transform,
             device,
             amp=config.amp,
-            distributed=worker.distributed,
+            distributed=data.distributed,
+            group=data.group,
+            num_classes=loop_config["num_classes"] if epoch == config.epochs else 0,
         )
+        confusion = val.pop("confusion", None)
         lr = optimizer.param_groups[0]["lr"]
         _step_scheduler(scheduler, val, train)
         history.append(_epoch_metrics(epoch, lr, train, val))
@@ -191,10 +203,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         improved = best is None or score < best
         best = score if improved else best
         meta = {"epoch": epoch, "history": history, "best": best, "config": loop_config["config"]}
-        worker.report(history[-1], meta, model, optimizer, scheduler)
+        state, optimizer_state = data.snapshot(model, optimizer)
+        worker.report(history[-1], meta, state, optimizer_state, scheduler)
         if worker.chief:
-            _write_epoch_outputs(worker.run, config, history, model, improved)
-    worker.save_weights(FINAL_WEIGHTS, model)
+            _write_epoch_outputs(worker.run, config, history, state, improved, confusion)
+    if state is None:  # resumed after the last epoch: nothing trained, the weights as they are
+        state, _ = data.snapshot(model, optimizer)
+    worker.save_weights(FINAL_WEIGHTS, state)
 
 
 def build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
@@ -253,16 +268,65 @@ def _step_scheduler(scheduler, val: dict, train: dict) -> None:
         scheduler.step()
 
 
-def _reduce_train(train: dict, worker: Worker) -> dict:
-    """Global train loss and images/s: sums over ranks, the slowest rank's time."""
-    if not worker.distributed:
+class DataParallel:
+    """How the ranks share the work: DDP (``data``: every rank its own batches), or AlexNet's
+    columns (``columns``: the two ranks of a pair hold one column each and read the same
+    batches, pairs are data parallel; :mod:`convplat.training.columns`)."""
+
+    def __init__(self, worker: Worker, prepare_model, parallel: str, device) -> None:
+        self.worker, self.prepare_model, self.device = worker, prepare_model, device
+        self.columns = None
+        self.parallel = parallel
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.parallel != "columns":
+            return self.prepare_model(model)  # to device, DDP when world > 1
+        from convplat.training.columns import ColumnTraining
+
+        self.columns = ColumnTraining(model, self.worker.rank, self.worker.world_size, self.device)
+        return self.columns.model
+
+    @property
+    def rank(self) -> int:
+        return self.columns.data_rank if self.columns else self.worker.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.columns.data_world_size if self.columns else self.worker.world_size
+
+    @property
+    def distributed(self) -> bool:
+        return self.columns.distributed if self.columns else self.worker.distributed
+
+    @property
+    def group(self):
+        return self.columns.group if self.columns else None
+
+    @property
+    def before_step(self):
+        return self.columns.before_step if self.columns else None
+
+    def loaders(self, model, optimizer):
+        """What a checkpoint loads into (for columns: this rank's rows of the full state)."""
+        return self.columns.loaders(optimizer) if self.columns else (model, optimizer)
+
+    def snapshot(self, model, optimizer):
+        """What a checkpoint saves: the model (for columns: the gathered full state; every
+        rank must call this)."""
+        return self.columns.snapshot(optimizer) if self.columns else (model, optimizer)
+
+
+def _reduce_train(train: dict, worker: Worker, data: DataParallel) -> dict:
+    """Global train loss and images/s: sums over the data-parallel ranks, the slowest time."""
+    if not data.distributed:
         return train
     loss_sum, images = (
         float(v)
         for v in worker.all_reduce(
             torch.tensor(
                 [train["train_loss"] * train["images"], train["images"]], dtype=torch.float64
-            )
+            ),
+            group=data.group,
         )
     )
     seconds = float(worker.all_reduce(torch.tensor([train["seconds"]], dtype=torch.float64), "max"))
@@ -275,8 +339,11 @@ def _reduce_train(train: dict, worker: Worker) -> dict:
     }
 
 
-def _write_epoch_outputs(run, config: TrainConfig, history: list[dict], model, improved: bool):
-    """Rank 0's files after each epoch: metrics, curves, TensorBoard events, best weights."""
+def _write_epoch_outputs(
+    run, config: TrainConfig, history: list[dict], model, improved: bool, confusion=None
+):
+    """Rank 0's files after each epoch: metrics, curves, TensorBoard events, best weights, and
+    after the last one the validation confusion matrix (for ``convplat report``)."""
     from convplat.training.plots import curves_png
     from convplat.training.tensorboard import EVENT_FILE, event_file_bytes
 
@@ -286,3 +353,5 @@ def _write_epoch_outputs(run, config: TrainConfig, history: list[dict], model, i
     if improved:
         run.write_bytes(BEST_WEIGHTS, state_dict_bytes(model))
         write_json(run, "best.json", history[-1])
+    if confusion is not None:
+        write_json(run, CONFUSION, {"split": "val", "weights": "final", "counts": confusion})
