@@ -148,8 +148,9 @@ def run_plain_webdataset(raw: Path, shards: Path, workers: int, epochs: int) -> 
 def run_convplat(
     raw: Path, shards: Path, workers: int, epochs: int, floats: str | None = "fresh"
 ) -> int:
+    from convplat.pipeline.shardset import load_stats
     from convplat.training.augment import BatchTransform
-    from convplat.training.data import load_stats, train_loader
+    from convplat.training.data import train_loader
 
     transform = BatchTransform.from_stats(load_stats(shards))
     generator = torch.Generator().manual_seed(0)

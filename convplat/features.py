@@ -31,6 +31,7 @@ import torch
 
 from convplat.errors import ConfigError, DatasetError
 from convplat.pipeline.readers import IMAGE_EXTENSIONS, read_dataset
+from convplat.pipeline.shardset import ShardSet, ShardTask, load_stats, read_manifest
 from convplat.storage import resolve
 from convplat.transfer.features import (
     DEFAULT_QUALITY,
@@ -72,14 +73,12 @@ def open_source(source: str, split: str = "all", layout: str = "auto") -> Source
     Raises:
         DatasetError: nothing usable at ``source``.
     """
-    from convplat.training.data import read_manifest, split_shards
-
     location = resolve(source)
     if location.exists("manifest.json"):
-        manifest = read_manifest(source)
-        splits = list(manifest["splits"]) if split == "all" else split.split(",")
-        shards = [(name, n) for s in splits for name, n in split_shards(manifest, s.strip())]
-        classes = [c["wnid"] for c in manifest.get("classes", [])]
+        shard_set = ShardSet.open(location)
+        splits = shard_set.splits if split == "all" else split.split(",")
+        shards = [(name, n) for s in splits for name, n in shard_set.shards(s.strip())]
+        classes = [c["wnid"] for c in shard_set.classes]
         return Source("shards", location.uri, shards=shards, classes=classes)
     if "://" in source or not os.path.isdir(source):
         raise DatasetError(
@@ -120,10 +119,8 @@ def _is_image(name: str) -> bool:
 
 def shard_samples(uri: str, name: str, count: int) -> tuple[list[str], list[int], list[bytes]]:
     """Keys, labels and JPEGs of one shard, in shard order (the training reader's own tar code)."""
-    from convplat.training.data import ShardTask, read_shard_samples
-
     keys, labels, jpegs = [], [], []
-    for sample in read_shard_samples(resolve(uri), ShardTask(name, count)):
+    for sample in ShardSet.open(uri).read_samples(ShardTask(name, count)):
         keys.append(sample["__key__"])
         labels.append(int(sample["cls"]))
         jpegs.append(sample["jpg"])
@@ -253,8 +250,6 @@ def _stem(source: str) -> str:
 
 def _mean_and_quality(checkpoint: Checkpoint) -> tuple[np.ndarray, int]:
     """The mean image the run was trained with, and its shards' JPEG quality."""
-    from convplat.training.data import load_stats, read_manifest
-
     try:
         mean = np.asarray(load_stats(checkpoint.data)["mean"], np.float32)
     except DatasetError as exc:

@@ -16,15 +16,9 @@ from conftest import make_imagenet_tree
 from convplat.config import PrepareConfig
 from convplat.errors import ConfigError, DatasetError
 from convplat.pipeline import prepare
+from convplat.pipeline.shardset import assign_shards, load_stats, read_manifest
 from convplat.training.augment import BatchTransform, TenCrop
-from convplat.training.data import (
-    assign_shards,
-    eval_loader,
-    load_stats,
-    num_batches,
-    read_manifest,
-    train_loader,
-)
+from convplat.training.data import eval_loader, num_batches, train_loader
 
 S = 32  # image (frame) size of the test shards
 CROP = 24
@@ -214,7 +208,7 @@ def test_a_shard_emptier_than_its_manifest_fails_instead_of_hanging(tmp_path):
     with wds.TarWriter(str(root / "train-000000.tar")):
         pass  # truncate the shard to an empty tar; manifest.json still says 3 samples
     loader = train_loader(root, batch_size=1, epoch=0, num_workers=0, crop_size=CROP)
-    with pytest.raises(DatasetError, match="hold no samples"):
+    with pytest.raises(DatasetError, match="holds 0 samples where manifest.json says 3"):
         list(loader)
 
 

@@ -17,9 +17,9 @@ from convplat.config import PrepareConfig
 from convplat.errors import ConfigError
 from convplat.features import extract, read_features, shard_samples
 from convplat.pipeline import prepare
+from convplat.pipeline.shardset import load_stats
 from convplat.training.augment import center_window
 from convplat.training.checkpoints import state_dict_bytes
-from convplat.training.data import load_stats
 from convplat.training.models import create_model
 from convplat.transfer.features import (
     FeatureExtractor,

@@ -13,66 +13,31 @@ the mean image (``S`` = the manifest's ``size``) and whether the transform must 
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
 import simplejpeg
 import torch
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from convplat.errors import ConfigError, DatasetError
-from convplat.storage import Location, resolve
+from convplat.pipeline.shardset import (
+    ShardSet,
+    ShardTask,
+    assign_shards,
+    read_manifest,
+    split_shards,
+)
 from convplat.training.augment import random_windows
 
 EVAL_MODES = ("center", "ten-crop", "full")
 DEFAULT_SHUFFLE_BUFFER = 1000
-READ_BUFFER = 1 << 20
 
 
 # --------------------------------------------------------------------------- dataset files
-def read_manifest(shard_dir: str | os.PathLike) -> dict:
-    """The ``manifest.json`` that ``convplat prepare`` wrote (local path or pyarrow URI)."""
-    location = resolve(shard_dir)
-    try:
-        return json.loads(location.read_bytes("manifest.json"))
-    except FileNotFoundError:
-        raise DatasetError(
-            f"no manifest.json in {location.uri}: expected a directory written by "
-            "`convplat prepare`"
-        ) from None
-    except ValueError as exc:
-        raise DatasetError(f"unreadable manifest.json in {location.uri}: {exc}") from None
-
-
-def load_stats(shard_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of ``stats.npz``: ``mean`` (S, S, 3), ``rgb_mean``, ``eigval``, ``eigvec``."""
-    location = resolve(shard_dir)
-    try:
-        payload = location.read_bytes("stats.npz")
-    except FileNotFoundError:
-        raise DatasetError(
-            f"no stats.npz in {location.uri}: expected a directory written by `convplat prepare`"
-        ) from None
-    with np.load(io.BytesIO(payload)) as arrays:
-        return {name: arrays[name] for name in arrays.files}
-
-
-def split_shards(manifest: dict, split: str) -> list[tuple[str, int]]:
-    """``(shard name, sample count)`` of a split's non-empty shards, in manifest order."""
-    info = manifest.get("splits", {}).get(split)
-    if not info or not info.get("count"):
-        have = sorted(manifest.get("splits", {}))
-        raise DatasetError(f"the shards have no {split!r} samples (splits present: {have})")
-    return [(s["name"], int(s["count"])) for s in info["shards"] if int(s["count"]) > 0]
-
-
 def default_num_workers() -> int:
     """Loader processes to use: one core is left to the training process, at most 8.
 
@@ -83,41 +48,7 @@ def default_num_workers() -> int:
     return max(0, min(8, (cpus or 1) - 1))
 
 
-# --------------------------------------------------------------------------- shard planning
-@dataclass(frozen=True)
-class ShardTask:
-    """One slot's share of one shard: samples ``i`` with ``i % parts == part``."""
-
-    name: str
-    count: int
-    parts: int = 1
-    part: int = 0
-
-    @property
-    def samples(self) -> int:
-        return len(range(self.part, self.count, self.parts))
-
-
-def assign_shards(shards: list[tuple[str, int]], slots: int) -> list[list[ShardTask]]:
-    """Split shards over ``slots`` (rank, worker) slots so no slot is left without data.
-
-    With at least as many shards as slots, slot ``s`` reads shards ``s, s + slots, ...``.
-    With fewer, slots wrap around the shard list and the slots sharing a shard take disjoint
-    interleaved parts of it, so the union over slots is still every sample exactly once.
-    """
-    if slots < 1:
-        raise ValueError(f"expected at least one slot, got {slots}")
-    count = len(shards)
-    if count >= slots:
-        return [[ShardTask(n, c) for n, c in shards[slot::slots]] for slot in range(slots)]
-    plan = []
-    for slot in range(slots):
-        name, samples = shards[slot % count]
-        sharing = len(range(slot % count, slots, count))
-        plan.append([ShardTask(name, samples, sharing, slot // count)])
-    return plan
-
-
+# --------------------------------------------------------------------------- batch counts
 def train_batches(count: int, batch_size: int, world_size: int, drop_last: bool = True) -> int:
     """Batches per rank per epoch: ``count // (world_size * batch_size)`` (rounded up if not
     ``drop_last``); raises DatasetError when that is zero."""
@@ -199,34 +130,11 @@ def _train_tasks(shards, seed: int, epoch: int, slot: int, slots: int) -> list[S
     ]
 
 
-IMAGE_AND_LABEL = (".jpg", ".cls")
-WITH_METADATA = (".jpg", ".cls", ".json")  # + boxes, box labels, source size
-
-
-def read_shard_samples(
-    location: Location, task: ShardTask, suffixes: tuple[str, ...] = IMAGE_AND_LABEL
-) -> Iterator[dict]:
-    """Raw samples (dicts of bytes) of one task's share of its shard, in shard order.
-
-    Only members ending in ``suffixes`` are read (by default the json metadata is skipped
-    unread). webdataset's tar iterators over a pyarrow stream, so local paths, file:// and
-    s3:// / gs:// / hdfs:// shard directories all work.
-    """
-    url = location.join(task.name)
-    with location.fs.open_input_stream(url, buffer_size=READ_BUFFER) as stream:
-        files = tar_file_expander(
-            [{"url": url, "stream": stream}], select_files=lambda name: name.endswith(suffixes)
-        )
-        for index, sample in enumerate(group_by_keys(files)):
-            if index % task.parts == task.part:
-                yield sample
-
-
 class _TrainSamples:
     """Stage 1 (train): this slot's shards, cycled forever (reshuffled on every pass)."""
 
-    def __init__(self, location, shards, seed: int, epoch: int, rank: int, world_size: int):
-        self.location, self.shards, self.seed, self.epoch = location, shards, seed, epoch
+    def __init__(self, shard_set, shards, seed: int, epoch: int, rank: int, world_size: int):
+        self.shard_set, self.shards, self.seed, self.epoch = shard_set, shards, seed, epoch
         self.rank, self.world_size = rank, world_size
 
     def __call__(self) -> Iterator[dict]:
@@ -237,7 +145,7 @@ class _TrainSamples:
         while True:
             produced = 0
             for task in order:
-                for sample in read_shard_samples(self.location, task):
+                for sample in self.shard_set.read_samples(task):
                     produced += 1
                     yield sample
             if produced == 0:  # cycling on would hang every rank at the next all-reduce
@@ -249,13 +157,14 @@ class _TrainSamples:
 class _EvalSamples:
     """Stage 1 (evaluation): this slot's shards, once, in manifest order."""
 
-    def __init__(self, location, shards, rank: int, world_size: int) -> None:
-        self.location, self.shards, self.rank, self.world_size = location, shards, rank, world_size
+    def __init__(self, shard_set, shards, rank: int, world_size: int) -> None:
+        self.shard_set, self.shards = shard_set, shards
+        self.rank, self.world_size = rank, world_size
 
     def __call__(self) -> Iterator[dict]:
         slot, slots, _ = _slot(self.rank, self.world_size)
         for task in assign_shards(self.shards, slots)[slot]:
-            yield from read_shard_samples(self.location, task)
+            yield from self.shard_set.read_samples(task)
 
 
 class _SlotShuffle:
@@ -398,12 +307,25 @@ class ShardLoader:
             for batch in islice(iterator, self.length):
                 delivered += 1
                 yield batch
+        except DatasetError as exc:
+            raise DatasetError(_one_line(exc)) from None
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()  # drops the DataLoader iterator, which stops its worker processes
         if delivered != self.length:
             raise RuntimeError(f"loader delivered {delivered} of {self.length} batches")
+
+
+def _one_line(exc: DatasetError) -> str:
+    """The original message of a DatasetError a loader process raised: torch re-raises it as
+    ``DatasetError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback
+    ...\nconvplat.errors.DatasetError: <message>")``; users get ``<message>``."""
+    text = str(exc)
+    if not text.startswith("Caught "):
+        return text
+    last = text.rstrip().rsplit("\n", 1)[-1]
+    return last.split("DatasetError: ", 1)[-1]
 
 
 def _web_loader(pipeline, num_workers: int, pin_memory: bool) -> wds.WebLoader:
@@ -455,13 +377,13 @@ def train_loader(
 
     Yields ``(images uint8 (B, crop, crop, 3), labels int64 (B,), windows int64 (B, 3))``.
     """
-    manifest = read_manifest(shard_dir)
-    frame = int(manifest["size"])
+    shard_set = ShardSet.open(shard_dir)
+    frame = shard_set.size
     workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
-    shards = split_shards(manifest, "train")
+    shards = shard_set.shards("train")
     length = train_batches(sum(c for _, c in shards), batch_size, world_size, drop_last)
     pipeline = wds.DataPipeline(
-        _TrainSamples(resolve(shard_dir), shards, seed, epoch, rank, world_size),
+        _TrainSamples(shard_set, shards, seed, epoch, rank, world_size),
         _SlotShuffle(shuffle_buffer, shards, seed, epoch, rank, world_size),  # before decode
         _TrainBatches(batch_size, crop_size, frame, seed, epoch, rank, world_size),
     )
@@ -492,13 +414,23 @@ def eval_loader(
     """
     if mode not in EVAL_MODES:
         raise ConfigError(f"evaluation mode: expected one of {', '.join(EVAL_MODES)}, got {mode!r}")
-    manifest = read_manifest(shard_dir)
-    frame = int(manifest["size"])
+    shard_set = ShardSet.open(shard_dir)
+    frame = shard_set.size
     workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
-    shards = split_shards(manifest, split)
+    shards = shard_set.shards(split)
     length = eval_batches(shards, batch_size, world_size, rank, workers)
     pipeline = wds.DataPipeline(
-        _EvalSamples(resolve(shard_dir), shards, rank, world_size),
+        _EvalSamples(shard_set, shards, rank, world_size),
         _EvalBatches(batch_size, mode, crop_size, frame, keys),
     )
     return ShardLoader(_web_loader(pipeline, workers, pin_memory), length)
+
+
+# --------------------------------------------------------------------------- re-exports
+# re-exported for callers not yet moved (coordinator removes at merge)
+from convplat.pipeline.shardset import (  # noqa: E402, F401
+    IMAGE_AND_LABEL,
+    WITH_METADATA,
+    load_stats,
+    read_shard_samples,
+)

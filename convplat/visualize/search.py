@@ -36,8 +36,9 @@ def val_batches(
     """Validation images of ``shards`` as (B, 3, size, size) model inputs (centre crops, mean
     subtracted, scaled), with their sample keys when ``keys``; ``rank`` of ``world_size``
     reads its share of the shards only."""
+    from convplat.pipeline.shardset import load_stats
     from convplat.training.augment import BatchTransform
-    from convplat.training.data import eval_loader, load_stats
+    from convplat.training.data import eval_loader
 
     transform = BatchTransform.from_stats(
         load_stats(shards), lighting_std=0.0, input_scale=input_scale
@@ -93,9 +94,9 @@ def check_executor(executor: str) -> None:
 
 def val_count(shards: str) -> tuple[int, int]:
     """(validation images, validation shards) that the manifest lists."""
-    from convplat.training.data import read_manifest, split_shards
+    from convplat.pipeline.shardset import ShardSet
 
-    listed = split_shards(read_manifest(shards), "val")
+    listed = ShardSet.open(shards).shards("val")
     return sum(count for _, count in listed), len(listed)
 
 
