@@ -1,4 +1,4 @@
-"""`convplat features RUN SOURCE --layer fc7`: any layer's activations, to Parquet.
+"""`convplat features RUN SOURCE --layer fc7`: any layer's activations, streamed to Parquet.
 
 OverFeat's "feature extractor" and ZFNet Table 7's layer-n features, for use in other tools.
 SOURCE is a shard set written by `convplat prepare` (one Ray task per shard) or a folder of
@@ -6,12 +6,17 @@ images (class folders, any layout `convplat prepare` reads, or a flat folder; ch
 per Ray task). Images are prepared exactly as in training (shards: as stored; files: shorter
 side to the shards' size, centre crop, JPEG at the shards' quality) and the model sees the
 centre ``input_size`` crop, mean-image subtracted. The extraction is transfer's own code
-(``convplat.transfer.features``: ``extract_jpegs`` / ``extract_chunk``), so `convplat
+(``convplat.transfer.extract``: ``extract_jpegs`` / ``extract_chunk``), so `convplat
 transfer`'s cached features and these are the same numbers.
 
-Output: one Parquet file, one row per image: ``key`` (string), ``label`` (int64; -1 for a
-flat folder), ``vector`` (fixed_size_list<float32>[dim]); the file's metadata (key
-``convplat``) records run, model, layer, pool, dim, source and classes. Written atomically.
+Output: a directory. Each task writes its own rows as ``part-NNNNNN.parquet`` (one per shard
+or chunk of files, numbered in source order) and returns only a row count, so the driver
+never holds a vector: its memory does not grow with the number of images. ``_features.json``
+is written last (run, model, layer, pool, dim, source, classes, rows, parts, rejected files);
+pyarrow and pandas skip ``_``-names, so ``pd.read_parquet(out)`` reads every row in one call.
+Columns: ``key`` (string), ``label`` (int64; -1 for a flat folder), ``vector``
+(fixed_size_list<float32>[dim]); every part's schema metadata (key ``convplat``) holds the
+same description. Each file is written atomically.
 """
 
 from __future__ import annotations
@@ -20,32 +25,31 @@ import io
 import json
 import math
 import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
+from convplat.cluster import RAY_MIN_IMAGES, use_ray
 from convplat.errors import ConfigError, DatasetError
 from convplat.pipeline.readers import IMAGE_EXTENSIONS, read_dataset
 from convplat.pipeline.shardset import ShardSet, ShardTask, load_stats, read_manifest
-from convplat.storage import resolve
-from convplat.transfer.features import (
-    DEFAULT_QUALITY,
-    POOLS,
-    Checkpoint,
-    extract_chunk,
-    extract_jpegs,
-    layer_dims,
-    load_checkpoint,
-    resolve_layer,
-)
+from convplat.storage import Location, resolve
+from convplat.transfer.checkpoint import Checkpoint, load_checkpoint
+from convplat.transfer.extract import DEFAULT_QUALITY, extract_chunk, extract_jpegs
+from convplat.transfer.extractor import POOLS, layer_dims, resolve_layer
 
 EXECUTORS = ("auto", "local", "ray")
 METADATA_KEY = b"convplat"
+SUMMARY = "_features.json"
+FILES_PER_CHUNK = 256  # in-process: one model build per chunk, as a Ray task would
+_OURS = re.compile(r"(part-\d{6}\.parquet|_features\.json|\..*\.tmp-[0-9a-f]{32})")
 
 
 @dataclass
@@ -114,11 +118,12 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-# --- one Ray task's work ----------------------------------------------------------------------
+# --- one task's work: extract, then write its own part ------------------------------------
 
 
 def shard_samples(uri: str, name: str, count: int) -> tuple[list[str], list[int], list[bytes]]:
-    """Keys, labels and JPEGs of one shard, in shard order (the training reader's own tar code)."""
+    """Keys, labels and JPEGs of one shard, in shard order (the training reader's own tar code,
+    checked against the manifest)."""
     keys, labels, jpegs = [], [], []
     for sample in ShardSet.open(uri).read_samples(ShardTask(name, count)):
         keys.append(sample["__key__"])
@@ -127,19 +132,54 @@ def shard_samples(uri: str, name: str, count: int) -> tuple[list[str], list[int]
     return keys, labels, jpegs
 
 
-def extract_shard(uri: str, name: str, count: int, spec: dict, weights: bytes) -> dict:
-    """Features of every sample of one shard: the body of one Ray task per shard."""
+def part_name(index: int) -> str:
+    return f"part-{index:06d}.parquet"
+
+
+@dataclass(frozen=True)
+class Part:
+    """Where one task writes its rows: the output directory, its part number, the metadata."""
+
+    out: str
+    index: int
+    meta: dict
+
+    def write(self, keys: Sequence[str], labels: Sequence[int], vectors: np.ndarray) -> int:
+        """Write the rows (none: no file) and return how many there were."""
+        if len(keys):
+            write_part(self.out, part_name(self.index), keys, labels, vectors, self.meta)
+        return len(keys)
+
+
+def extract_shard(uri: str, name: str, count: int, spec: dict, weights: bytes, part: Part):
+    """Features of every sample of one shard, written to ``part``: one Ray task's body."""
     keys, labels, jpegs = shard_samples(uri, name, count)
     features = extract_jpegs(jpegs, weights=weights, **spec)
-    return {"keys": keys, "labels": labels, "vectors": features[spec["cuts"][0]][0]}
+    rows = part.write(keys, labels, features[spec["cuts"][0]][0])
+    return {"rows": rows, "images": count, "rejected": []}
 
 
-def extract_files(paths: Sequence[str], spec: dict, weights: bytes, size: int, quality: int):
-    """Decode files as the shards hold images, then extract: one Ray task per chunk."""
+def extract_files(
+    paths: Sequence[str],
+    keys: Sequence[str],
+    labels: Sequence[int],
+    spec: dict,
+    weights: bytes,
+    size: int,
+    quality: int,
+    part: Part,
+) -> dict:
+    """Decode files as the shards hold images, extract and write the decodable ones to
+    ``part``: one Ray task per chunk. Returns rows written and the (path, reason) rejected."""
     result = extract_chunk(
         paths, weights=weights, size=size, quality=quality, keep_jpegs=False, **spec
     )
-    return {"reasons": result["reasons"], "vectors": result["features"][spec["cuts"][0]][0]}
+    ok = [i for i, reason in enumerate(result["reasons"]) if reason is None]
+    rows = part.write(
+        [keys[i] for i in ok], [labels[i] for i in ok], result["features"][spec["cuts"][0]][0]
+    )
+    rejected = [(paths[i], r) for i, r in enumerate(result["reasons"]) if r is not None]
+    return {"rows": rows, "images": len(paths), "rejected": rejected}
 
 
 # --- the whole source -------------------------------------------------------------------------
@@ -155,18 +195,20 @@ def extract(
     split: str = "all",
     layout: str = "auto",
     executor: str = "auto",
-    ray_min_images: int = 500,
+    ray_min_images: int = RAY_MIN_IMAGES,
     address: str | None = None,
     batch_size: int = 32,
     device: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Extract ``layer`` of ``run``'s model for every image of ``source`` and write Parquet.
+    """Extract ``layer`` of ``run``'s model for every image of ``source``, streamed to a
+    directory of Parquet files (``out``, default ``RUN/features/<source>-<layer>.parquet/``).
 
     Returns a summary: out, rows, dim, layer, executor, rejected [(path, reason)], seconds.
 
     Raises:
-        ConfigError: unknown layer, pool, executor; DatasetError: unusable source.
+        ConfigError: unknown layer, pool, executor, or an ``out`` that is not ours to
+            replace; DatasetError: unusable source.
     """
     from convplat.progress import progress_bar
 
@@ -188,6 +230,8 @@ def extract(
     src = open_source(source, split, layout)
     if src.count == 0:
         raise DatasetError(f"{source}: no images to extract")
+    target = out or os.path.join(checkpoint.run_dir, "features", f"{_stem(source)}-{name}.parquet")
+    location = _claim_output(target)
     spec = dict(
         model_name=checkpoint.model,
         num_classes=checkpoint.num_classes,
@@ -200,24 +244,6 @@ def extract(
         pool=pool,
         last_conv_alias=False,
     )
-    use_ray = executor == "ray" or (
-        executor == "auto" and (src.count >= ray_min_images or address is not None)
-    )
-    with progress_bar(enabled=progress) as bar:
-        task = bar.add_task(f"{name} features", total=src.count, rate="")
-
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-
-        size = int(mean.shape[0])
-        if use_ray:
-            result = _run_ray(src, spec, checkpoint.weights, size, quality, address, advance)
-        else:
-            result = _run_local(src, spec, checkpoint.weights, size, quality, advance)
-    if not result["keys"]:
-        path, reason = result["rejected"][0]
-        raise DatasetError(f"{source}: no decodable images (e.g. {path}: {reason})")
-    vectors = result["vectors"].reshape(len(result["keys"]), dim)
     meta = {
         "run": checkpoint.run_dir,
         "weights": checkpoint.file,
@@ -229,19 +255,63 @@ def extract(
         "source_kind": src.kind,
         "split": split if src.kind == "shards" else None,
         "classes": src.classes,
-        "rejected": len(result["rejected"]),
     }
-    target = out or os.path.join(checkpoint.run_dir, "features", f"{_stem(source)}-{name}.parquet")
-    write_features(target, result["keys"], result["labels"], vectors, meta)
+    ray = use_ray(executor, src.count, address, ray_min_images)
+    rows, parts, rejected = 0, [], []
+    with progress_bar(enabled=progress) as bar:
+        task = bar.add_task(f"{name} features", total=src.count, rate="")
+        size = int(mean.shape[0])
+        if ray:
+            results = _run_ray(
+                src, spec, checkpoint.weights, size, quality, location, meta, address
+            )
+        else:
+            results = _run_local(src, spec, checkpoint.weights, size, quality, location, meta)
+        for index, result in results:
+            rows += result["rows"]
+            rejected += result["rejected"]
+            if result["rows"]:
+                parts.append(part_name(index))
+            bar.advance(task, result["images"])
+    if not rows:
+        path, reason = rejected[0]
+        raise DatasetError(f"{source}: no decodable images (e.g. {path}: {reason})")
+    summary = {**meta, "rows": rows, "parts": sorted(parts), "rejected": len(rejected)}
+    summary["rejected_files"] = [{"path": p, "reason": r} for p, r in rejected]
+    location.write_bytes(SUMMARY, json.dumps(summary, indent=1).encode())
     return {
-        "out": target,
-        "rows": len(result["keys"]),
+        "out": location.uri,
+        "rows": rows,
         "dim": dim,
         "layer": name,
-        "executor": "ray" if use_ray else "local",
-        "rejected": result["rejected"],
+        "executor": "ray" if ray else "local",
+        "rejected": rejected,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _claim_output(target: str) -> Location:
+    """The output directory, emptied of an earlier export's files (only those: a directory
+    holding anything else, or a file, is refused rather than mixed or deleted)."""
+    location = resolve(target)
+    if location.fs.get_file_info(location.path).type == pafs.FileType.File:
+        raise ConfigError(
+            f"--out: {location.uri} is a file; features are written as a directory of Parquet "
+            "files: choose another --out (or remove the file)"
+        )
+    if location.is_dir():
+        entries = location.fs.get_file_info(pafs.FileSelector(location.path))
+        foreign = [e.base_name for e in entries if not _OURS.fullmatch(e.base_name)]
+        if foreign:
+            raise ConfigError(
+                f"--out: {location.uri} holds files `convplat features` did not write "
+                f"(e.g. {foreign[0]}): choose an empty or new directory"
+            )
+        ours = sorted(entries, key=lambda e: e.base_name != SUMMARY)  # invalidate first
+        for entry in ours:
+            location.fs.delete_file(entry.path)
+    location.fs.create_dir(location.path, recursive=True)
+    return location
 
 
 def _stem(source: str) -> str:
@@ -264,28 +334,36 @@ def _mean_and_quality(checkpoint: Checkpoint) -> tuple[np.ndarray, int]:
     return mean, quality
 
 
-def _run_local(
-    src: Source, spec: dict, weights: bytes, size: int, quality: int, advance: Callable
-) -> dict:
-    """Everything in this process (on cuda when present): the baseline and small sources."""
-    keys: list[str] = []
-    labels: list[int] = []
-    parts: list[np.ndarray] = []
-    rejected: list[tuple[str, str]] = []
+def _jobs(
+    src: Source, location: Location, meta: dict, chunk: int
+) -> Iterator[tuple[int, tuple, Part]]:
+    """(part number, the source's task arguments, the part) per shard or chunk of files."""
     if src.kind == "shards":
-        for name, count in src.shards:
-            res = extract_shard(src.uri, name, count, spec, weights)
-            keys += res["keys"]
-            labels += res["labels"]
-            parts.append(res["vectors"])
-            advance(count)
+        for i, (name, count) in enumerate(src.shards):
+            yield i, (src.uri, name, count), Part(location.uri, i, meta)
     else:
-        step = 256  # one model build per chunk, as a Ray task would
-        for start in range(0, len(src.paths), step):
-            res = extract_files(src.paths[start : start + step], spec, weights, size, quality)
-            _collect_files(src, start, res, keys, labels, parts, rejected)
-            advance(len(res["reasons"]))
-    return _joined(keys, labels, parts, rejected)
+        for i, start in enumerate(range(0, len(src.paths), chunk)):
+            stop = start + chunk
+            files = (src.paths[start:stop], src.keys[start:stop], src.labels[start:stop])
+            yield i, files, Part(location.uri, i, meta)
+
+
+def _run_local(
+    src: Source,
+    spec: dict,
+    weights: bytes,
+    size: int,
+    quality: int,
+    location: Location,
+    meta: dict,
+    address: str | None = None,  # noqa: ARG001 - the same signature as _run_ray
+) -> Iterator[tuple[int, dict]]:
+    """Everything in this process (on cuda when present), one part at a time."""
+    for index, args, part in _jobs(src, location, meta, FILES_PER_CHUNK):
+        if src.kind == "shards":
+            yield index, extract_shard(*args, spec, weights, part)
+        else:
+            yield index, extract_files(*args, spec, weights, size, quality, part)
 
 
 def _run_ray(
@@ -294,67 +372,36 @@ def _run_ray(
     weights: bytes,
     size: int,
     quality: int,
+    location: Location,
+    meta: dict,
     address: str | None,
-    advance: Callable,
-) -> dict:
+) -> Iterator[tuple[int, dict]]:
     """One Ray task per shard, or per chunk of files (about two per CPU; one GPU each when the
-    cluster has GPUs); the weights and mean image go to the object store once."""
+    cluster has GPUs); the weights and mean image go to the object store once. Each task
+    writes its part and returns a row count, so nothing the size of the features comes back."""
     import ray
 
-    from convplat.cluster import ensure_ray
+    from convplat.cluster import cluster_size, ensure_ray, fan_out
 
     ensure_ray(address)
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = max(1, int(resources.get("CPU", 1)))
-    options: dict = {"num_cpus": 1, "max_retries": 2}
-    if gpus:
-        options["num_gpus"] = 1
-    else:
+    cpus, gpus = cluster_size()
+    if not gpus:
         spec = {**spec, "device": "cpu"}
     weights_ref = ray.put(weights)
     spec = {**spec, "mean": ray.put(spec["mean"])}
-    if src.kind == "shards":
-        task = ray.remote(_shard_task).options(**options)
-        pending = {
-            task.remote(src.uri, name, count, spec, weights_ref): (i, count)
-            for i, (name, count) in enumerate(src.shards)
-        }
-    else:
-        chunk = max(16, math.ceil(len(src.paths) / (2 * (gpus or cpus))))
-        task = ray.remote(_files_task).options(**options)
-        pending = {
-            task.remote(src.paths[s : s + chunk], spec, weights_ref, size, quality): (s, 0)
-            for s in range(0, len(src.paths), chunk)
-        }
-    results: dict[int, dict] = {}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            at, count = pending.pop(ref)
-            results[at] = ray.get(ref)
-            advance(count or len(results[at]["reasons"]))
-    keys: list[str] = []
-    labels: list[int] = []
-    parts: list[np.ndarray] = []
-    rejected: list[tuple[str, str]] = []
-    for at in sorted(results):
-        res = results[at]
-        if src.kind == "shards":
-            keys += res["keys"]
-            labels += res["labels"]
-            parts.append(res["vectors"])
-        else:
-            _collect_files(src, at, res, keys, labels, parts, rejected)
-    return _joined(keys, labels, parts, rejected)
+    chunk = max(16, math.ceil(len(src.paths) / (2 * (gpus or cpus))))
+    fn = _shard_task if src.kind == "shards" else _files_task
+    extra = (spec, weights_ref) if src.kind == "shards" else (spec, weights_ref, size, quality)
+    jobs = ((i, (*args, *extra, part), {}) for i, args, part in _jobs(src, location, meta, chunk))
+    yield from fan_out(fn, jobs, num_cpus=1, num_gpus=1 if gpus else 0)
 
 
-def _shard_task(uri: str, name: str, count: int, spec: dict, weights: bytes) -> dict:
-    return extract_shard(uri, name, count, _resolved(spec), weights)
+def _shard_task(uri: str, name: str, count: int, spec: dict, weights: bytes, part: Part) -> dict:
+    return extract_shard(uri, name, count, _resolved(spec), weights, part)
 
 
-def _files_task(paths, spec: dict, weights: bytes, size: int, quality: int) -> dict:
-    return extract_files(paths, _resolved(spec), weights, size, quality)
+def _files_task(paths, keys, labels, spec, weights, size, quality, part) -> dict:
+    return extract_files(paths, keys, labels, _resolved(spec), weights, size, quality, part)
 
 
 def _resolved(spec: dict) -> dict:
@@ -365,29 +412,18 @@ def _resolved(spec: dict) -> dict:
     return {**spec, "mean": ray.get(mean) if isinstance(mean, ray.ObjectRef) else mean}
 
 
-def _collect_files(src: Source, start: int, res: dict, keys, labels, parts, rejected) -> None:
-    for offset, reason in enumerate(res["reasons"]):
-        i = start + offset
-        if reason is None:
-            keys.append(src.keys[i])
-            labels.append(src.labels[i])
-        else:
-            rejected.append((src.paths[i], reason))
-    parts.append(res["vectors"])
-
-
-def _joined(keys, labels, parts, rejected) -> dict:
-    vectors = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)  # (N, dim)
-    return {"keys": keys, "labels": labels, "vectors": vectors, "rejected": rejected}
-
-
 # --- Parquet ----------------------------------------------------------------------------------
 
 
-def write_features(
-    out: str, keys: Sequence[str], labels: Sequence[int], vectors: np.ndarray, meta: dict
+def write_part(
+    out: str,
+    name: str,
+    keys: Sequence[str],
+    labels: Sequence[int],
+    vectors: np.ndarray,
+    meta: dict,
 ) -> None:
-    """key, label, vector (fixed_size_list<float32>[dim]) to ``out`` (a path or URI), atomically."""
+    """key, label, vector (fixed_size_list<float32>[dim]) to ``out/name``, atomically."""
     vectors = np.ascontiguousarray(vectors, np.float32)
     n, dim = vectors.shape
     table = pa.table(
@@ -397,20 +433,27 @@ def write_features(
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
         }
     ).replace_schema_metadata({METADATA_KEY: json.dumps(meta).encode()})
-    buffer = io.BytesIO()
+    buffer = io.BytesIO()  # one part: a shard's or a chunk's rows, never the whole output
     pq.write_table(table, buffer)
-    parent, _, name = out.rstrip("/").rpartition("/")
-    resolve(parent or ".").write_bytes(name, buffer.getvalue())
+    resolve(out).write_bytes(name, buffer.getvalue())
 
 
 def read_features(path: str) -> dict:
-    """A features file back: keys, labels (N,), vectors (N, dim) float32 and its metadata."""
-    location = resolve(path.rpartition("/")[0] or ".")
-    table = pq.read_table(io.BytesIO(location.read_bytes(path.rpartition("/")[2])))
+    """An export back, parts in source order: keys, labels (N,), vectors (N, dim) float32 and
+    its metadata (``_features.json``). Holds everything in memory: for large exports read the
+    directory with pyarrow.dataset in batches instead."""
+    location = resolve(path)
+    try:
+        meta = json.loads(location.read_bytes(SUMMARY))
+    except FileNotFoundError:
+        raise DatasetError(
+            f"no {SUMMARY} in {location.uri}: not a finished `convplat features` output"
+        ) from None
+    tables = [pq.read_table(io.BytesIO(location.read_bytes(name))) for name in meta["parts"]]
+    table = pa.concat_tables(tables)
     column = table.column("vector").combine_chunks()
     dim = column.type.list_size
     flat = column.flatten().to_numpy(zero_copy_only=False)
-    meta = json.loads((table.schema.metadata or {}).get(METADATA_KEY, b"{}"))
     return {
         "keys": table.column("key").to_pylist(),
         "labels": table.column("label").to_numpy(),
