@@ -117,6 +117,10 @@ def _seed(*parts: int) -> np.random.SeedSequence:
 
 _SHARD_ORDER, _SHARD_CYCLE, _SAMPLE_SHUFFLE, _WINDOWS = 1, 2, 3, 4
 
+# The epoch a training stage reads when its stream starts: a plain int, or the shared-memory
+# 0-d tensor of a TrainLoader (set in the main process, read in the loader processes).
+Epoch = int | torch.Tensor
+
 
 def _train_tasks(shards, seed: int, epoch: int, slot: int, slots: int) -> list[ShardTask]:
     """One slot's shard tasks for one epoch; shard order shuffled with ``(seed, epoch)``."""
@@ -133,14 +137,15 @@ def _train_tasks(shards, seed: int, epoch: int, slot: int, slots: int) -> list[S
 class _TrainSamples:
     """Stage 1 (train): this slot's shards, cycled forever (reshuffled on every pass)."""
 
-    def __init__(self, shard_set, shards, seed: int, epoch: int, rank: int, world_size: int):
+    def __init__(self, shard_set, shards, seed: int, epoch: Epoch, rank: int, world_size: int):
         self.shard_set, self.shards, self.seed, self.epoch = shard_set, shards, seed, epoch
         self.rank, self.world_size = rank, world_size
 
     def __call__(self) -> Iterator[dict]:
         slot, slots, worker = _slot(self.rank, self.world_size)
-        tasks = _train_tasks(self.shards, self.seed, self.epoch, slot, slots)
-        cycle = np.random.default_rng(_seed(self.seed, self.epoch, self.rank, worker, _SHARD_CYCLE))
+        epoch = int(self.epoch)
+        tasks = _train_tasks(self.shards, self.seed, epoch, slot, slots)
+        cycle = np.random.default_rng(_seed(self.seed, epoch, self.rank, worker, _SHARD_CYCLE))
         order = tasks
         while True:
             produced = 0
@@ -172,25 +177,34 @@ class _SlotShuffle:
 
     When one pass over the slot's shards fits in ``bufsize``, each pass is permuted exactly
     (an epoch is then a permutation, never a sample twice in a batch); otherwise webdataset's
-    shuffle buffer of ``bufsize`` samples mixes the stream.
+    shuffle buffer mixes the stream: it starts yielding once it holds ``initial`` samples (one
+    batch, so the first decode does not wait for ``bufsize`` reads) and grows to ``bufsize``.
     """
 
-    def __init__(self, bufsize: int, shards, seed: int, epoch: int, rank: int, world_size: int):
+    def __init__(
+        self,
+        bufsize: int,
+        shards,
+        seed: int,
+        epoch: Epoch,
+        rank: int,
+        world_size: int,
+        initial: int,
+    ) -> None:
         self.bufsize, self.shards, self.seed, self.epoch = bufsize, shards, seed, epoch
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.initial = rank, world_size, min(initial, bufsize)
 
     def __call__(self, samples):
         if self.bufsize <= 1:
             return samples
         slot, slots, worker = _slot(self.rank, self.world_size)
-        per_pass = sum(
-            t.samples for t in _train_tasks(self.shards, self.seed, self.epoch, slot, slots)
-        )
-        seed = _seed(self.seed, self.epoch, self.rank, worker, _SAMPLE_SHUFFLE)
+        epoch = int(self.epoch)
+        per_pass = sum(t.samples for t in _train_tasks(self.shards, self.seed, epoch, slot, slots))
+        seed = _seed(self.seed, epoch, self.rank, worker, _SAMPLE_SHUFFLE)
         if per_pass <= self.bufsize:
             return self._permute_passes(samples, per_pass, np.random.default_rng(seed))
         state = int(seed.generate_state(1, np.uint64)[0])
-        return wds.shuffle(self.bufsize, initial=self.bufsize, seed=state)(samples)
+        return wds.shuffle(self.bufsize, initial=self.initial, seed=state)(samples)
 
     @staticmethod
     def _permute_passes(samples, per_pass: int, rng: np.random.Generator):
@@ -234,17 +248,25 @@ def _labels(samples) -> torch.Tensor:
 
 
 class _TrainBatches:
-    """Stage 3 (train): decode, random crop windows, crops copied into one uint8 batch."""
+    """Stage 3 (train): decode, random crop windows, crops copied into one uint8 batch.
 
-    def __init__(self, batch_size, crop, frame, seed, epoch, rank, world_size) -> None:
+    Each loader worker stops after its share of the epoch's ``length`` batches (the DataLoader
+    takes batches from its workers in turn, so worker ``w`` delivers batches ``w, w + W, ...``):
+    the epoch ends when the streams do, and no batch is decoded only to be dropped.
+    """
+
+    def __init__(self, batch_size, crop, frame, seed, epoch, rank, world_size, length) -> None:
         self.batch_size, self.crop, self.frame = batch_size, crop, frame
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.length = length
         self.rng: np.random.Generator | None = None
 
     def __call__(self, samples):
-        _, _, worker = _slot(self.rank, self.world_size)
-        self.rng = np.random.default_rng(_seed(self.seed, self.epoch, self.rank, worker, _WINDOWS))
-        return wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(samples)
+        worker, workers = _worker()
+        seed = _seed(self.seed, int(self.epoch), self.rank, worker, _WINDOWS)
+        self.rng = np.random.default_rng(seed)
+        batches = wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(samples)
+        return islice(batches, len(range(worker, self.length, workers)))
 
     def collate(self, samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         crop, count = self.crop, len(samples)
@@ -289,8 +311,9 @@ class _EvalBatches:
 class ShardLoader:
     """An epoch of batches with a known length; stops after exactly ``len(self)`` batches.
 
-    Each ``iter()`` starts fresh loader workers and shuts them down at the end (or when the
-    loop is left early). A stream that ends short raises instead of silently unbalancing DDP.
+    Without persistent workers each ``iter()`` starts fresh loader processes, stopped when the
+    epoch ends (or the loop is left early); :class:`TrainLoader` keeps them for every epoch.
+    A stream that ends short raises instead of silently unbalancing DDP.
     """
 
     def __init__(self, loader: wds.WebLoader, length: int) -> None:
@@ -328,13 +351,16 @@ def _one_line(exc: DatasetError) -> str:
     return last.split("DatasetError: ", 1)[-1]
 
 
-def _web_loader(pipeline, num_workers: int, pin_memory: bool) -> wds.WebLoader:
+def _web_loader(
+    pipeline, num_workers: int, pin_memory: bool, persistent: bool = False
+) -> wds.WebLoader:
     return wds.WebLoader(
         pipeline,
         batch_size=None,  # the pipeline batches inside the workers
         num_workers=num_workers,
         pin_memory=pin_memory,
         prefetch_factor=2 if num_workers > 0 else None,
+        persistent_workers=persistent and num_workers > 0,
     )
 
 
@@ -349,6 +375,57 @@ def _check_common(batch_size, rank, world_size, num_workers, crop_size, frame) -
     if not 1 <= crop_size <= frame:
         raise ConfigError(f"crop size: expected 1..{frame} (the shard image size), got {crop_size}")
     return workers
+
+
+class TrainLoader:
+    """Training batches for every epoch from one set of loader processes.
+
+    Build it once per run and iterate ``loader.epoch(e)`` for each epoch: the processes stay
+    up between epochs (``persistent_workers``) and read the epoch number from one shared-memory
+    integer, so an epoch costs no fork, no worker start-up and no re-import. ``epoch(e)``
+    yields exactly the batches :func:`train_loader` with ``epoch=e`` yields. Arguments: see
+    :func:`train_loader`.
+    """
+
+    def __init__(
+        self,
+        shard_dir: str | os.PathLike,
+        *,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int | None = None,
+        seed: int = 0,
+        crop_size: int = 224,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        drop_last: bool = True,
+        pin_memory: bool = False,
+        persistent: bool = True,
+    ) -> None:
+        shard_set = ShardSet.open(shard_dir)
+        frame = shard_set.size
+        workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
+        shards = shard_set.shards("train")
+        self.length = train_batches(sum(c for _, c in shards), batch_size, world_size, drop_last)
+        # Shared before the workers fork, so set_epoch reaches them without a restart.
+        self.current = torch.zeros((), dtype=torch.int64).share_memory_()
+        epoch = self.current
+        pipeline = wds.DataPipeline(
+            _TrainSamples(shard_set, shards, seed, epoch, rank, world_size),
+            _SlotShuffle(  # before decode
+                shuffle_buffer, shards, seed, epoch, rank, world_size, initial=batch_size
+            ),
+            _TrainBatches(batch_size, crop_size, frame, seed, epoch, rank, world_size, self.length),
+        )
+        self.loader = _web_loader(pipeline, workers, pin_memory, persistent)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def epoch(self, epoch: int) -> ShardLoader:
+        """The batches of ``epoch`` (iterate before asking for the next epoch)."""
+        self.current.fill_(int(epoch))
+        return ShardLoader(self.loader, self.length)
 
 
 def train_loader(
@@ -373,21 +450,25 @@ def train_loader(
     ``(seed, epoch, rank, worker)``, then decodes and crops a random ``crop_size`` window
     (AlexNet §4.1) into uint8 batches. Batches per epoch = ``train_count // (world_size *
     batch_size)``; ``drop_last=False`` rounds up instead (the last batches are filled from
-    the cycling streams). The same arguments give the same batches.
+    the cycling streams). The same arguments give the same batches. For many epochs,
+    :class:`TrainLoader` gives the same batches from loader processes kept across epochs.
 
     Yields ``(images uint8 (B, crop, crop, 3), labels int64 (B,), windows int64 (B, 3))``.
     """
-    shard_set = ShardSet.open(shard_dir)
-    frame = shard_set.size
-    workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
-    shards = shard_set.shards("train")
-    length = train_batches(sum(c for _, c in shards), batch_size, world_size, drop_last)
-    pipeline = wds.DataPipeline(
-        _TrainSamples(shard_set, shards, seed, epoch, rank, world_size),
-        _SlotShuffle(shuffle_buffer, shards, seed, epoch, rank, world_size),  # before decode
-        _TrainBatches(batch_size, crop_size, frame, seed, epoch, rank, world_size),
+    loader = TrainLoader(
+        shard_dir,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        seed=seed,
+        crop_size=crop_size,
+        shuffle_buffer=shuffle_buffer,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent=False,
     )
-    return ShardLoader(_web_loader(pipeline, workers, pin_memory), length)
+    return loader.epoch(epoch)
 
 
 def eval_loader(
