@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from conftest import jpeg_bytes, make_imagenet_tree
 
 from convplat.cli.main import main
 from convplat.config import PrepareConfig
-from convplat.errors import ConfigError
+from convplat.errors import ConfigError, DatasetError
 from convplat.export import extract, read_features, shard_samples
 from convplat.pipeline import prepare
 from convplat.pipeline.shardset import load_stats, read_manifest
@@ -248,3 +249,16 @@ def test_an_export_replaces_only_its_own_files(workspace: Path):
     (workspace / "old.parquet").write_bytes(b"PAR1")
     with pytest.raises(ConfigError, match="is a file"):
         extract(str(run), str(shards), out=str(workspace / "old.parquet"), executor="local")
+
+
+def test_a_damaged_shard_read_in_a_ray_task_is_one_line(workspace: Path, tmp_path: Path):
+    shards = tmp_path / "shards"
+    shutil.copytree(workspace / "shards", shards)
+    tar = shards / "val-000000.tar"
+    tar.write_bytes(tar.read_bytes()[:3000])  # cut inside a member
+    run = workspace / "runs" / "alexnet-test"
+    with pytest.raises(DatasetError) as caught:
+        extract(str(run), str(shards), out=str(tmp_path / "out"), executor="ray", progress=False)
+    message = str(caught.value)
+    assert type(caught.value) is DatasetError, type(caught.value)  # not Ray's wrapper
+    assert "val-000000.tar" in message and "\n" not in message

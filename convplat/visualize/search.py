@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from convplat.cluster import RAY_MIN_IMAGES, use_ray
-from convplat.errors import ConfigError
+from convplat.errors import ConfigError, ConvplatError
 from convplat.visualize.deconv import relu_index
 from convplat.visualize.top import Activation, merge_tops, top_activations, top_of_maps
 
@@ -156,9 +156,15 @@ def _search_ray(
     )
     advance = (lambda: None) if progress is None else _advancer(progress, tasks)
     parts = []
-    for _, part in fan_out(search_part, jobs, num_cpus=1):
-        parts.append(part)
-        advance()
+    try:
+        for _, part in fan_out(search_part, jobs, num_cpus=1):
+            parts.append(part)
+            advance()
+    except ray.exceptions.RayTaskError as exc:
+        # A damaged shard in a task: the user gets its one line, not the worker's traceback.
+        if isinstance(exc.cause, ConvplatError):
+            raise exc.cause from None
+        raise
     return merge_tops(parts, spec["k"])
 
 
