@@ -334,6 +334,12 @@ def test_a_persistent_loader_gives_each_epochs_batches_from_the_same_processes(s
         # torch keeps a persistent DataLoader's iterator, and with it the worker processes
         pids.append([w.pid for w in loader.loader.pipeline[0]._iterator._workers])
     assert pids[0] == pids[1] == pids[2]
+    later, earlier = loader.epoch(4), loader.epoch(3)  # the epoch is set when iteration starts
+    assert [b[1].tolist() for b in later] == [
+        b[1].tolist()
+        for b in train_loader(shards, batch_size=2, epoch=4, num_workers=2, crop_size=CROP, seed=5)
+    ]
+    assert len(list(earlier)) == 9
 
 
 def test_no_batch_is_decoded_only_to_be_dropped_at_the_end_of_an_epoch(shards, monkeypatch):

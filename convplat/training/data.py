@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 
 import numpy as np
@@ -316,14 +316,19 @@ class ShardLoader:
     A stream that ends short raises instead of silently unbalancing DDP.
     """
 
-    def __init__(self, loader: wds.WebLoader, length: int) -> None:
+    def __init__(
+        self, loader: wds.WebLoader, length: int, on_start: Callable[[], object] | None = None
+    ) -> None:
         self.loader = loader
         self.length = length
+        self.on_start = on_start  # run by each iter(), before the loader's streams start
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self):
+        if self.on_start is not None:
+            self.on_start()
         iterator = iter(self.loader)
         delivered = 0
         try:
@@ -423,9 +428,9 @@ class TrainLoader:
         return self.length
 
     def epoch(self, epoch: int) -> ShardLoader:
-        """The batches of ``epoch`` (iterate before asking for the next epoch)."""
-        self.current.fill_(int(epoch))
-        return ShardLoader(self.loader, self.length)
+        """The batches of ``epoch``; the shared epoch is set when iteration starts, so epochs
+        may be asked for in any order (one iteration at a time)."""
+        return ShardLoader(self.loader, self.length, lambda: self.current.fill_(int(epoch)))
 
 
 def train_loader(
