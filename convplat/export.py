@@ -256,12 +256,12 @@ def extract(
         "split": split if src.kind == "shards" else None,
         "classes": src.classes,
     }
-    ray = use_ray(executor, src.count, address, ray_min_images)
-    rows, parts, rejected = 0, [], []
+    on_ray = use_ray(executor, src.count, address, ray_min_images)
+    rows, parts, rejects = 0, [], {}
     with progress_bar(enabled=progress) as bar:
         task = bar.add_task(f"{name} features", total=src.count, rate="")
         size = int(mean.shape[0])
-        if ray:
+        if on_ray:
             results = _run_ray(
                 src, spec, checkpoint.weights, size, quality, location, meta, address
             )
@@ -269,13 +269,14 @@ def extract(
             results = _run_local(src, spec, checkpoint.weights, size, quality, location, meta)
         for index, result in results:
             rows += result["rows"]
-            rejected += result["rejected"]
+            rejects[index] = result["rejected"]
             if result["rows"]:
                 parts.append(part_name(index))
             bar.advance(task, result["images"])
+    rejected = [r for index in sorted(rejects) for r in rejects[index]]  # in source order
     if not rows:
-        path, reason = rejected[0]
-        raise DatasetError(f"{source}: no decodable images (e.g. {path}: {reason})")
+        example = f" (e.g. {rejected[0][0]}: {rejected[0][1]})" if rejected else ""
+        raise DatasetError(f"{source}: no decodable images{example}")
     summary = {**meta, "rows": rows, "parts": sorted(parts), "rejected": len(rejected)}
     summary["rejected_files"] = [{"path": p, "reason": r} for p, r in rejected]
     location.write_bytes(SUMMARY, json.dumps(summary, indent=1).encode())
@@ -284,7 +285,7 @@ def extract(
         "rows": rows,
         "dim": dim,
         "layer": name,
-        "executor": "ray" if ray else "local",
+        "executor": "ray" if on_ray else "local",
         "rejected": rejected,
         "seconds": time.perf_counter() - started,
     }
