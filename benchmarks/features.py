@@ -14,17 +14,30 @@ mean-image window, forward):
 Ray is timed warm (after one untimed run with the same Ray instance: worker processes up,
 torch imported) and, on the first run only, cold. The best of ``--repeats`` is reported.
 
+``--streaming`` instead compares the output paths on two sizes (``--sizes 400,1600``), each
+run in a fresh process so its peak RSS (``ru_maxrss``) is the driver's alone:
+(old) the path before streaming, rebuilt here from the same functions: every vector gathered
+on the driver, concatenated, and written as one Parquet file through an in-memory buffer;
+(new) ``convplat features``: every chunk written as its own part when it is done. Both run
+in-process (``--executor local``: the driver also holds the model, the same for both), on a
+wide layer (default ``conv2``, 43,264 floats per image) so the vectors dominate.
+
 Usage: python benchmarks/features.py [--images 300] [--model alexnet] [--layer fc7]
        [--repeats 2] [--batch 32]
+       python benchmarks/features.py --streaming [--sizes 400,1600] [--layer conv2]
 Images and the run are generated under benchmarks/_work/features/; no network.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,17 +45,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convplat.features import extract, read_features
+from convplat.export import extract, read_features
 from convplat.training.augment import center_window
 from convplat.training.checkpoints import state_dict_bytes
 from convplat.training.models import create_model
-from convplat.transfer.features import (
-    FeatureExtractor,
-    decode_files,
-    decode_pixels,
-    load_checkpoint,
-    make_transform,
-)
+from convplat.transfer.checkpoint import load_checkpoint
+from convplat.transfer.extract import decode_files, decode_pixels, extract_chunk, make_transform
+from convplat.transfer.extractor import FeatureExtractor
 
 WORK = Path(__file__).resolve().parent / "_work" / "features"
 
@@ -102,6 +111,119 @@ def plain_loop(folder: Path, run: Path, layer: str, batch: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def gathered_export(folder: Path, run: Path, layer: str, batch: int, out: Path) -> int:
+    """(old): the export before streaming - every chunk's vectors kept on the driver, then one
+    concatenated array, one Arrow table and one in-memory Parquet buffer written at the end."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    checkpoint = load_checkpoint(str(run))
+    mean = np.load(Path(checkpoint.data) / "stats.npz")["mean"]
+    paths = sorted(str(p) for p in folder.iterdir())
+    keys, parts = [], []
+    for start in range(0, len(paths), 256):  # the old in-process chunk
+        chunk = paths[start : start + 256]
+        result = extract_chunk(
+            chunk,
+            model_name=checkpoint.model,
+            num_classes=checkpoint.num_classes,
+            weights=checkpoint.weights,
+            mean=mean,
+            input_scale=checkpoint.input_scale,
+            cuts=(layer,),
+            flip=False,
+            size=256,
+            quality=90,
+            batch_size=batch,
+            keep_jpegs=False,
+            pool="flatten",
+            last_conv_alias=False,
+        )
+        keys += [Path(p).stem for p, r in zip(chunk, result["reasons"], strict=True) if r is None]
+        parts.append(result["features"][layer][0])
+    vectors = np.concatenate(parts)  # (N, dim)
+    n, dim = vectors.shape
+    table = pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "label": pa.array([-1] * n, pa.int64()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    out.write_bytes(buffer.getvalue())
+    return n
+
+
+def streaming_child(path: str, images: int, layer: str, batch: int) -> None:
+    """One measurement in this fresh process: print {seconds, rss_mb, rows} as JSON."""
+    folder = WORK / f"images-{images}"
+    run = next((WORK / "runs").iterdir())
+    out = WORK / f"{path}-{images}.parquet"
+    if out.is_dir():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    started = time.perf_counter()
+    if path == "old":
+        rows = gathered_export(folder, run, layer, batch, out)
+    else:
+        rows = extract(
+            str(run),
+            str(folder),
+            layer=layer,
+            out=str(out),
+            executor="local",
+            batch_size=batch,
+            device="cpu",
+            progress=False,
+        )["rows"]
+    seconds = time.perf_counter() - started
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    print(json.dumps({"seconds": seconds, "rss_mb": rss_mb, "rows": rows}))
+
+
+def streaming_compare(sizes: list[int], model: str, layer: str, batch: int) -> None:
+    """Old vs new output path on two sizes: driver peak RSS and time, each in a new process."""
+    folder, _ = make_workspace(max(sizes), model)
+    files = sorted(folder.iterdir())
+    for size in sizes:
+        subset = WORK / f"images-{size}"
+        subset.mkdir()
+        for f in files[:size]:
+            (subset / f.name).symlink_to(f)
+    with torch.device("meta"):
+        from convplat.transfer.extractor import layer_dims
+
+        dim = layer_dims(create_model(model), (layer,), last_conv_alias=False)[layer]
+    print(f"{model} {layer} ({dim} floats = {dim * 4 / 1024:.0f} KiB per image), in-process")
+    print(f"{'path':6s} {'images':>7s} {'seconds':>8s} {'images/s':>9s} {'peak RSS MB':>12s}")
+    results: dict[tuple[str, int], dict] = {}
+    for size in sizes:
+        for path in ("old", "new"):
+            command = [sys.executable, __file__, "--child", path, "--images", str(size)]
+            command += ["--layer", layer, "--batch", str(batch)]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            results[path, size] = result
+            print(
+                f"{path:6s} {size:7d} {result['seconds']:8.2f} "
+                f"{size / result['seconds']:9.1f} {result['rss_mb']:12.0f}"
+            )
+    small, large = sizes[0], sizes[-1]
+    for path in ("old", "new"):
+        grow = results[path, large]["rss_mb"] - results[path, small]["rss_mb"]
+        print(
+            f"{path}: driver RSS {large} vs {small} images: "
+            f"{results[path, large]['rss_mb'] / results[path, small]['rss_mb']:.2f}x "
+            f"(+{grow:.0f} MB; the vectors of the extra images are "
+            f"{(large - small) * dim * 4 / 2**20:.0f} MB)"
+        )
+    ratio = results["new", large]["seconds"] / results["old", large]["seconds"]
+    print(f"time new / old at {large} images: {ratio:.2f}x")
+
+
 def timed(fn) -> tuple[float, object]:
     started = time.perf_counter()
     result = fn()
@@ -115,7 +237,18 @@ def main() -> None:
     parser.add_argument("--layer", default="fc7")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--streaming", action="store_true", help="old vs new output path")
+    parser.add_argument("--sizes", default="400,1600", help="with --streaming: two sizes")
+    parser.add_argument("--child", choices=("old", "new"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        streaming_child(args.child, args.images, args.layer, args.batch)
+        return
+    if args.streaming:
+        layer = "conv2" if args.layer == "fc7" else args.layer
+        sizes = [int(s) for s in args.sizes.split(",")]
+        streaming_compare(sizes, args.model, layer, args.batch)
+        return
 
     import ray
 

@@ -36,8 +36,9 @@ from pathlib import Path
 import torch
 import torchvision
 
+from convplat.pipeline.shardset import load_stats, read_manifest
 from convplat.training.augment import BatchTransform
-from convplat.training.data import load_stats, read_manifest, train_loader
+from convplat.training.data import train_loader
 from convplat.training.loop import train_one_epoch
 from convplat.training.models import LocalResponseNorm, create_model
 

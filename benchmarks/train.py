@@ -48,8 +48,9 @@ def plain_loop(shards: Path, model_name: str, batch: int, steps: int, threads: i
     import torch
     import torch.nn.functional as F
 
+    from convplat.pipeline.shardset import load_stats, read_manifest
     from convplat.training.augment import BatchTransform
-    from convplat.training.data import load_stats, read_manifest, train_loader
+    from convplat.training.data import train_loader
     from convplat.training.models import create_model
 
     torch.set_num_threads(threads)

@@ -6,7 +6,7 @@ same SGD loop (zero init, seeded batch order, cosine lr, fixed weight decay) on 
 (a) baseline, what a torchvision fine-tuning script with a frozen backbone does: every epoch,
     every batch of train images goes through the frozen layers 1-7 (decode, mean-image window,
     forward) before the head's step; test images go through it once per split;
-(b) convplat: extract fc7 once per image (``transfer.features.gather``, cache written), then
+(b) convplat: extract fc7 once per image (``transfer.gather.gather``, cache written), then
     train every split's head on the cached rows;
 (b') (b) again with the cache on disk (a second `convplat transfer` call).
 
@@ -44,14 +44,10 @@ from convplat.pipeline.readers import read_dataset
 from convplat.training.augment import center_window
 from convplat.training.checkpoints import state_dict_bytes
 from convplat.training.models import create_model
-from convplat.transfer.features import (
-    FeatureExtractor,
-    decode_files,
-    decode_pixels,
-    gather,
-    load_checkpoint,
-    make_transform,
-)
+from convplat.transfer.checkpoint import load_checkpoint
+from convplat.transfer.extract import decode_files, decode_pixels, make_transform
+from convplat.transfer.extractor import FeatureExtractor
+from convplat.transfer.gather import gather
 from convplat.transfer.heads import fit_head, predict_proba, sgd_train
 from convplat.transfer.protocol import make_splits, mean_class_accuracy, mean_std
 

@@ -165,8 +165,9 @@ def confusion_counts(model, config: dict, max_batches: int | None = None):
     (None, None) when the shards have no validation split or are gone."""
     import torch
 
+    from convplat.pipeline.shardset import load_stats, read_manifest
     from convplat.training.augment import BatchTransform
-    from convplat.training.data import eval_loader, load_stats, read_manifest
+    from convplat.training.data import eval_loader
 
     data = config.get("data")
     try:

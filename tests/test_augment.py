@@ -207,3 +207,24 @@ def test_device_path_matches_cpu_loop_reference(device):
     offsets = (lit - want).mean(dim=(2, 3))  # lighting: one RGB offset per image
     assert torch.allclose(lit - want, offsets[:, :, None, None], atol=1e-4)
     assert offsets.abs().max() > 0
+
+
+def test_a_reused_output_holds_the_same_values_as_a_fresh_one():
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(0, 255, (8, 8, 3)).astype(np.float32)
+    fresh = BatchTransform(mean, np.ones(3), np.eye(3), lighting_std=0.0, input_scale=0.5)
+    reused = BatchTransform(
+        mean, np.ones(3), np.eye(3), lighting_std=0.0, input_scale=0.5, reuse_output=True
+    )
+    outputs = []
+    for seed in (1, 2):
+        images = torch.from_numpy(rng.integers(0, 256, (3, 6, 6, 3), dtype=np.uint8))
+        windows = torch.tensor([[0, 0, 0], [2, 1, 1], [1, 2, 0]])
+        got = reused(images, windows)
+        assert torch.equal(got, fresh(images, windows)), seed
+        outputs.append(got.data_ptr())
+    assert outputs[0] == outputs[1]  # one buffer for both batches
+    smaller = reused(
+        torch.zeros((1, 6, 6, 3), dtype=torch.uint8), torch.zeros((1, 3), dtype=torch.int64)
+    )
+    assert smaller.shape == (1, 3, 6, 6)  # a batch of another size gets its own

@@ -16,15 +16,9 @@ from conftest import make_imagenet_tree
 from convplat.config import PrepareConfig
 from convplat.errors import ConfigError, DatasetError
 from convplat.pipeline import prepare
+from convplat.pipeline.shardset import assign_shards, load_stats, read_manifest
 from convplat.training.augment import BatchTransform, TenCrop
-from convplat.training.data import (
-    assign_shards,
-    eval_loader,
-    load_stats,
-    num_batches,
-    read_manifest,
-    train_loader,
-)
+from convplat.training.data import TrainLoader, eval_loader, num_batches, train_loader
 
 S = 32  # image (frame) size of the test shards
 CROP = 24
@@ -214,7 +208,7 @@ def test_a_shard_emptier_than_its_manifest_fails_instead_of_hanging(tmp_path):
     with wds.TarWriter(str(root / "train-000000.tar")):
         pass  # truncate the shard to an empty tar; manifest.json still says 3 samples
     loader = train_loader(root, batch_size=1, epoch=0, num_workers=0, crop_size=CROP)
-    with pytest.raises(DatasetError, match="hold no samples"):
+    with pytest.raises(DatasetError, match="holds 0 samples where manifest.json says 3"):
         list(loader)
 
 
@@ -325,3 +319,61 @@ def test_real_prepare_output(ray_session, tmp_path):
     assert sorted(val) == [0, 0, 1, 1]
     x = BatchTransform.from_stats(load_stats(out))(batches[0][0], batches[0][2])
     assert x.shape == (2, 3, CROP, CROP) and torch.isfinite(x).all()
+
+
+# --------------------------------------------------------------------------- fast path
+def test_a_persistent_loader_gives_each_epochs_batches_from_the_same_processes(shards):
+    loader = TrainLoader(shards, batch_size=2, num_workers=2, crop_size=CROP, seed=5)
+    pids = []
+    for epoch in (0, 1, 2):
+        got = [b[1].tolist() for b in loader.epoch(epoch)]
+        fresh = train_loader(
+            shards, batch_size=2, epoch=epoch, num_workers=2, crop_size=CROP, seed=5
+        )
+        assert got == [b[1].tolist() for b in fresh] and len(got) == len(loader) == 9
+        # torch keeps a persistent DataLoader's iterator, and with it the worker processes
+        pids.append([w.pid for w in loader.loader.pipeline[0]._iterator._workers])
+    assert pids[0] == pids[1] == pids[2]
+    later, earlier = loader.epoch(4), loader.epoch(3)  # the epoch is set when iteration starts
+    assert [b[1].tolist() for b in later] == [
+        b[1].tolist()
+        for b in train_loader(shards, batch_size=2, epoch=4, num_workers=2, crop_size=CROP, seed=5)
+    ]
+    assert len(list(earlier)) == 9
+
+
+def test_no_batch_is_decoded_only_to_be_dropped_at_the_end_of_an_epoch(shards, monkeypatch):
+    import convplat.training.data as data
+
+    decoded = torch.zeros((), dtype=torch.int64).share_memory_()  # counted in the workers too
+    original = data._decode
+
+    def counting(sample):
+        decoded.add_(1)
+        return original(sample)
+
+    monkeypatch.setattr(data, "_decode", counting)
+    for workers in (0, 2):
+        decoded.zero_()
+        loader = train_loader(shards, batch_size=2, epoch=0, num_workers=workers, crop_size=CROP)
+        assert sum(len(b[1]) for b in loader) == 18
+        assert int(decoded) == 18, workers  # before: + up to 2 prefetched batches per worker
+
+
+def test_the_shuffle_buffer_is_not_filled_before_the_first_batch(shards, monkeypatch):
+    from convplat.pipeline.shardset import ShardSet
+
+    reads = []
+    original = ShardSet.read_samples
+
+    def counting(self, task, *args):
+        for sample in original(self, task, *args):
+            reads.append(sample["__key__"])
+            yield sample
+
+    monkeypatch.setattr(ShardSet, "read_samples", counting)
+    loader = train_loader(
+        shards, batch_size=2, epoch=0, num_workers=0, crop_size=CROP, shuffle_buffer=12
+    )
+    next(iter(loader))  # 19 samples per pass > 12: the buffer-shuffle path
+    assert len(reads) < 12  # before: the 12-sample buffer was filled first

@@ -310,8 +310,8 @@ def test_evaluate_dense_scores_match_the_library_per_image(dense_run):
     """The evaluation's top-1 equals dense_scores on each raw image normalised by hand."""
     from convplat.pipeline.image import decode_rgb
     from convplat.pipeline.readers import read_dataset
+    from convplat.pipeline.shardset import load_stats, read_manifest
     from convplat.training import evaluate
-    from convplat.training.data import load_stats, read_manifest
 
     run, model, _ = dense_run
     config = json.loads((Path(run) / "config.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +15,15 @@ from conftest import jpeg_bytes, make_imagenet_tree
 
 from convplat.cli.main import main
 from convplat.config import PrepareConfig
-from convplat.errors import ConfigError
-from convplat.features import extract, read_features, shard_samples
+from convplat.errors import ConfigError, DatasetError
+from convplat.export import extract, read_features, shard_samples
 from convplat.pipeline import prepare
+from convplat.pipeline.shardset import load_stats, read_manifest
 from convplat.training.augment import center_window
 from convplat.training.checkpoints import state_dict_bytes
-from convplat.training.data import load_stats
 from convplat.training.models import create_model
-from convplat.transfer.features import (
-    FeatureExtractor,
-    decode_pixels,
-    layer_dims,
-    make_transform,
-    resolve_layer,
-)
+from convplat.transfer.extract import decode_pixels, make_transform
+from convplat.transfer.extractor import FeatureExtractor, layer_dims, resolve_layer
 
 SCALE = 1 / 64
 
@@ -93,9 +89,16 @@ def test_fc7_features_from_shards_equal_the_models_activations(workspace: Path):
         fc7 = model.forward_head(model.forward_features(model_inputs(shards, jpegs)), True)
     assert back["vectors"].dtype == np.float32 and back["vectors"].shape == (15, 4096)
     np.testing.assert_allclose(back["vectors"], fc7.numpy(), rtol=1e-4, atol=1e-5)
-    schema = pq.read_schema(out)
-    assert str(schema.field("vector").type) == "fixed_size_list<element: float>[4096]"
+    table = pq.read_table(out)  # the directory of parts, in one call
+    assert str(table.schema.field("vector").type) == "fixed_size_list<element: float>[4096]"
+    assert sorted(table.column("key").to_pylist()) == sorted(keys)
     assert back["meta"]["layer"] == "fc7" and back["meta"]["model"] == "alexnet"
+    frame = pd.read_parquet(out)
+    assert len(frame) == 15 and set(frame.columns) == {"key", "label", "vector"}
+    shards_listed = [
+        s for split in read_manifest(shards)["splits"].values() for s in split["shards"]
+    ]
+    assert back["meta"]["parts"] == [f"part-{i:06d}.parquet" for i in range(len(shards_listed))]
 
 
 def _weights(run: Path) -> dict:
@@ -147,7 +150,7 @@ def test_transfer_features_use_the_same_extraction(workspace: Path):
     """transfer's cache path (gather -> extract_chunk) gives the Parquet file's numbers."""
     from convplat.pipeline.readers import read_dataset
     from convplat.transfer import load_checkpoint
-    from convplat.transfer.features import gather
+    from convplat.transfer.gather import gather
 
     run, raw = workspace / "runs" / "alexnet-test", workspace / "raw"
     out = workspace / "raw-conv5.parquet"
@@ -206,3 +209,56 @@ def test_user_mistakes_exit_2_with_one_line(workspace: Path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("convplat: error:") for line in err)
     assert "conv9" in err[0] and "nowhere" in err[1] and "--executor" in err[2]
+
+
+def test_each_task_writes_its_own_part_and_returns_only_counts(workspace: Path, monkeypatch):
+    """The streaming contract: what a task hands back to the driver has no vectors in it, so
+    the driver's memory does not grow with the number of images."""
+    import convplat.export as export
+
+    returned = []
+    original = export.extract_shard
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        returned.append(result)
+        return result
+
+    monkeypatch.setattr(export, "extract_shard", spy)
+    run, shards = workspace / "runs" / "alexnet-test", workspace / "shards"
+    out = workspace / "streamed"
+    extract(str(run), str(shards), layer="fc6", out=str(out), executor="local", progress=False)
+    assert returned and all(set(r) == {"rows", "images", "rejected"} for r in returned)
+    parts = sorted(p.name for p in out.iterdir() if p.name.startswith("part-"))
+    assert len(parts) == len(returned) and sum(r["rows"] for r in returned) == 15
+    for name in parts:  # each part is a complete Parquet file on its own
+        assert pq.read_table(out / name).num_rows > 0
+
+
+def test_an_export_replaces_only_its_own_files(workspace: Path):
+    run, shards = workspace / "runs" / "alexnet-test", workspace / "shards"
+    out = workspace / "again"
+    extract(str(run), str(shards), layer="fc8", out=str(out), executor="local", progress=False)
+    extract(str(run), str(shards), layer="fc8", split="val", out=str(out), executor="local")
+    assert len(read_features(str(out))["keys"]) == 6  # the first export's parts are gone
+    assert len(pd.read_parquet(out)) == 6
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="did not write .*notes.txt"):
+        extract(str(run), str(shards), layer="fc8", out=str(out), executor="local")
+    assert (out / "notes.txt").read_text() == "mine" and (out / "_features.json").exists()
+    (workspace / "old.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ConfigError, match="is a file"):
+        extract(str(run), str(shards), out=str(workspace / "old.parquet"), executor="local")
+
+
+def test_a_damaged_shard_read_in_a_ray_task_is_one_line(workspace: Path, tmp_path: Path):
+    shards = tmp_path / "shards"
+    shutil.copytree(workspace / "shards", shards)
+    tar = shards / "val-000000.tar"
+    tar.write_bytes(tar.read_bytes()[:3000])  # cut inside a member
+    run = workspace / "runs" / "alexnet-test"
+    with pytest.raises(DatasetError) as caught:
+        extract(str(run), str(shards), out=str(tmp_path / "out"), executor="ray", progress=False)
+    message = str(caught.value)
+    assert type(caught.value) is DatasetError, type(caught.value)  # not Ray's wrapper
+    assert "val-000000.tar" in message and "\n" not in message

@@ -246,9 +246,9 @@ def test_regression_loss_falls_on_a_fixed_batch(demo_run):
         freeze_all,
         regression_loss,
     )
+    from convplat.pipeline.shardset import load_stats
     from convplat.training.augment import BatchTransform
     from convplat.training.checkpoints import load_run_model
-    from convplat.training.data import load_stats
 
     model, record = load_run_model(str(demo_run))
     model = freeze_all(model)
@@ -350,9 +350,9 @@ def test_per_class_regression_trains_only_the_label_boxes(demo_run):
         freeze_all,
         regression_loss,
     )
+    from convplat.pipeline.shardset import load_stats
     from convplat.training.augment import BatchTransform
     from convplat.training.checkpoints import load_run_model
-    from convplat.training.data import load_stats
 
     model, record = load_run_model(str(demo_run))
     model = freeze_all(model)

@@ -26,14 +26,15 @@ from convplat.transfer import (
     TransferNet,
     fit_head,
     format_table,
-    freeze,
+    frozen_extractor,
     load_checkpoint,
     make_splits,
     mean_class_accuracy,
     transfer,
 )
-from convplat.transfer.features import decode_files, decode_pixels, gather, make_transform
+from convplat.transfer.extract import decode_files, decode_pixels, make_transform
 from convplat.transfer.finetune import pretrained_model, train_network
+from convplat.transfer.gather import gather
 from convplat.transfer.heads import predict_proba, standardizer, train_softmax
 from convplat.transfer.protocol import confusion_matrix, holdout_split
 
@@ -349,7 +350,7 @@ def test_freezing_trains_only_the_head_and_full_mode_changes_the_backbone(worksp
     train_network(net, jpegs, labels, transform, crop=224, epochs=1, batch_size=3, lr=1e-2)
     assert state_dict_bytes(model) == before  # the backbone is bit-identical
     assert not torch.equal(net.head.weight, head_before)
-    assert isinstance(freeze(model, "conv5"), FeatureExtractor)
+    assert isinstance(frozen_extractor(model, "conv5"), FeatureExtractor)
 
     full = pretrained_model(checkpoint, num_classes=3, seed=0)
     conv1 = full.features[0].weight.detach().clone()

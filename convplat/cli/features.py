@@ -1,10 +1,13 @@
-"""`convplat features RUN SOURCE --layer fc7`: a layer's activations for every image, to Parquet."""
+"""`convplat features RUN SOURCE --layer fc7`: a layer's activations for every image, streamed to
+a directory of Parquet files."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
+
+from convplat.cluster import RAY_MIN_IMAGES
 
 
 def features_command(
@@ -20,7 +23,9 @@ def features_command(
     ] = "fc7",
     out: Annotated[
         str | None,
-        typer.Option(help="Parquet file (default RUN/features/<source>-<layer>.parquet)."),
+        typer.Option(
+            help="Directory of Parquet parts (default RUN/features/<source>-<layer>.parquet)."
+        ),
     ] = None,
     pool: Annotated[
         str, typer.Option(help="Conv layers: flatten (C*h*w), avg or max (one value per map).")
@@ -30,7 +35,9 @@ def features_command(
     executor: Annotated[
         str, typer.Option(help="auto (Ray from --ray-min-images), local or ray.")
     ] = "auto",
-    ray_min_images: Annotated[int, typer.Option(help="With auto, use Ray from this many.")] = 500,
+    ray_min_images: Annotated[
+        int, typer.Option(help="With auto, use Ray from this many images.")
+    ] = RAY_MIN_IMAGES,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
     device: Annotated[
@@ -38,8 +45,9 @@ def features_command(
     ] = None,
 ) -> None:
     """Extract any layer's activations (OverFeat's feature extractor) to Parquet: key, label,
-    vector. Ray tasks per shard or chunk of files; the same code as transfer's feature cache."""
-    from convplat.features import extract
+    vector. Ray tasks per shard or chunk of files, each writing its own part (driver memory does
+    not grow with the images); the same code as transfer's feature cache."""
+    from convplat.export import extract
 
     summary = extract(
         run,

@@ -25,6 +25,7 @@ from convplat.cli.prepare import prepare_command
 from convplat.cli.report import report_command
 from convplat.cli.train import train_command
 from convplat.cli.transfer import transfer_command
+from convplat.cli.verify import verify_command
 from convplat.cli.visualize import visualize_app
 
 app = typer.Typer(
@@ -63,6 +64,7 @@ app.command("transfer")(transfer_command)
 app.command("ablate")(ablate_command)
 app.command("features")(features_command)
 app.command("report")(report_command)
+app.command("verify")(verify_command)
 app.add_typer(visualize_app, name="visualize")
 app.add_typer(localize_app, name="localize")
 app.add_typer(detect_app, name="detect")

@@ -22,15 +22,15 @@ import torch
 import webdataset as wds
 
 from convplat.errors import DatasetError
-from convplat.storage import resolve
-from convplat.training.data import (
+from convplat.pipeline.shardset import (
     WITH_METADATA,
     assign_shards,
     read_manifest,
     read_shard_samples,
     split_shards,
-    train_batches,
 )
+from convplat.storage import resolve
+from convplat.training.data import train_batches
 
 
 @dataclass

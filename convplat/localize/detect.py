@@ -60,7 +60,7 @@ def train_detector(config: DetectConfig) -> str:
     cluster's resources are checked). Its config.json names the model with ``num_classes`` =
     classes + 1, so ``load_run_model`` rebuilds it.
     """
-    from convplat.training.data import read_manifest
+    from convplat.pipeline.shardset import read_manifest
 
     source = read_run_config(config.run)
     if source.get("task") == TASK:
@@ -162,7 +162,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker: spatial training of the classifier with mined negatives."""
     import ray.train.torch
 
-    from convplat.training.data import load_stats, read_manifest
+    from convplat.pipeline.shardset import load_stats, read_manifest
     from convplat.training.plots import curves_png
 
     config = DetectConfig(**loop_config["config"])

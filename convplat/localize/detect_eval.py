@@ -202,8 +202,8 @@ def evaluate_detector(
     Writes ``RUN/detect-eval-<split>.json`` and ``RUN/plots/detections-<split>.png`` (predicted
     boxes in red, ground truth in green, on the first ``pictures`` images); returns the results.
     """
+    from convplat.pipeline.shardset import load_stats, read_manifest
     from convplat.progress import progress_bar
-    from convplat.training.data import load_stats, read_manifest
 
     config = read_run_config(run)
     if config.get("task") != TASK:

@@ -29,14 +29,14 @@ from convplat.localize.dense import (
     scaled_size,
     window_boxes,
 )
-from convplat.storage import Location, resolve
-from convplat.training.data import (
+from convplat.pipeline.shardset import (
     WITH_METADATA,
     ShardTask,
     assign_shards,
     read_shard_samples,
     split_shards,
 )
+from convplat.storage import Location, resolve
 
 IGNORE = -1  # window label: neither object nor background (left out of the loss)
 

@@ -61,7 +61,7 @@ def train_localizer(config: LocalizeConfig) -> str:
     and the cluster's resources are checked.
     """
     from convplat.localize.box_data import boxed_count
-    from convplat.training.data import read_manifest
+    from convplat.pipeline.shardset import read_manifest
 
     record = read_run_config(config.run)
     data = resolve(config.data or record["data"]).uri
@@ -133,9 +133,9 @@ def localize_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     from convplat.localize.box_data import eval_box_batches, train_box_batches
+    from convplat.pipeline.shardset import load_stats, read_manifest
     from convplat.training.augment import BatchTransform
     from convplat.training.checkpoints import load_run_model
-    from convplat.training.data import load_stats, read_manifest
 
     config = LocalizeConfig(**loop_config["config"])
     worker = Worker.from_context(loop_config, config.seed)

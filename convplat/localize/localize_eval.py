@@ -117,10 +117,10 @@ def evaluate_localizer(
     """
     from convplat.localize.box_data import eval_box_batches
     from convplat.localize.plots import boxes_png
+    from convplat.pipeline.shardset import load_stats, read_manifest
     from convplat.progress import progress_bar
     from convplat.training.augment import BatchTransform
     from convplat.training.checkpoints import load_run_model
-    from convplat.training.data import load_stats, read_manifest
 
     if top_k < 1:
         raise ConfigError(f"--top-k: expected >= 1, got {top_k}")

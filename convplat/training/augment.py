@@ -107,6 +107,12 @@ class BatchTransform(nn.Module):
     The output is channels-first; with ``channels_last=True`` it is in the ``channels_last``
     memory format (the same values, a cheaper layout for the first convolution).
     Works on any device: the buffers follow ``.to(device)``, the batch decides.
+
+    ``reuse_output=True`` writes every batch into one kept output tensor (reallocated only when
+    the shape, device or layout changes) instead of a new one per call: a fresh 38 MB batch
+    costs about as much in page faults as the transform itself on CPU (benchmarks/loader.py).
+    A training step may use it (its input is consumed by ``backward`` before the next batch);
+    a caller that keeps outputs across calls must not.
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class BatchTransform(nn.Module):
         input_scale: float = 1.0,
         channels_last: bool = False,
         gather: str = "auto",
+        reuse_output: bool = False,
     ) -> None:
         super().__init__()
         mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
@@ -135,6 +142,8 @@ class BatchTransform(nn.Module):
         self.input_scale = float(input_scale)
         self.channels_last = bool(channels_last)
         self.gather = gather
+        self.reuse_output = bool(reuse_output)
+        self._kept: torch.Tensor | None = None  # the reused output (not state: never saved)
         # The mean in both layouts, so each output layout subtracts a same-strided window.
         self.register_buffer("mean_chw", mean.permute(2, 0, 1).contiguous(), persistent=False)
         self.register_buffer("mean_hwc", mean.contiguous(), persistent=False)
@@ -143,7 +152,7 @@ class BatchTransform(nn.Module):
 
     @classmethod
     def from_stats(cls, stats: Mapping[str, np.ndarray], **kwargs) -> BatchTransform:
-        """Build from the arrays of ``stats.npz`` (:func:`convplat.training.data.load_stats`)."""
+        """Build from the arrays of ``stats.npz`` (:func:`convplat.pipeline.shardset.load_stats`)."""
         return cls(stats["mean"], stats["eigval"], stats["eigvec"], **kwargs)
 
     def extra_repr(self) -> str:
@@ -207,6 +216,8 @@ class BatchTransform(nn.Module):
         if windows.device.type == "cpu":  # cheap here; on an accelerator it would force a sync
             self._check_windows(windows, height, width)
         windows = windows.to(device=device, dtype=torch.int64)
+        if out is None and self.reuse_output:
+            out = self._reusable((batch, 3, height, width), device)
         if out is None:
             fmt = torch.channels_last if self.channels_last else torch.contiguous_format
             out = torch.empty(
@@ -255,6 +266,20 @@ class BatchTransform(nn.Module):
         else:
             out.copy_(torch.where(flips.view(batch, 1, 1, 1), out.flip(-1), out))
         return out
+
+    def _reusable(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """The kept output when it fits this batch, else a new one (kept from now on)."""
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        kept = self._kept
+        if (
+            kept is None
+            or kept.shape != shape
+            or kept.device != device
+            or not kept.is_contiguous(memory_format=fmt)
+        ):
+            kept = torch.empty(shape, dtype=torch.float32, device=device, memory_format=fmt)
+            self._kept = kept
+        return kept
 
     def _check_windows(self, windows: torch.Tensor, height: int, width: int) -> None:
         tops, lefts, flips = windows[:, 0], windows[:, 1], windows[:, 2]

@@ -13,66 +13,31 @@ the mean image (``S`` = the manifest's ``size``) and whether the transform must 
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from itertools import islice
 
 import numpy as np
 import simplejpeg
 import torch
 import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from convplat.errors import ConfigError, DatasetError
-from convplat.storage import Location, resolve
+from convplat.pipeline.shardset import (
+    ShardSet,
+    ShardTask,
+    assign_shards,
+    read_manifest,
+    split_shards,
+)
 from convplat.training.augment import random_windows
 
 EVAL_MODES = ("center", "ten-crop", "full")
 DEFAULT_SHUFFLE_BUFFER = 1000
-READ_BUFFER = 1 << 20
 
 
 # --------------------------------------------------------------------------- dataset files
-def read_manifest(shard_dir: str | os.PathLike) -> dict:
-    """The ``manifest.json`` that ``convplat prepare`` wrote (local path or pyarrow URI)."""
-    location = resolve(shard_dir)
-    try:
-        return json.loads(location.read_bytes("manifest.json"))
-    except FileNotFoundError:
-        raise DatasetError(
-            f"no manifest.json in {location.uri}: expected a directory written by "
-            "`convplat prepare`"
-        ) from None
-    except ValueError as exc:
-        raise DatasetError(f"unreadable manifest.json in {location.uri}: {exc}") from None
-
-
-def load_stats(shard_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The arrays of ``stats.npz``: ``mean`` (S, S, 3), ``rgb_mean``, ``eigval``, ``eigvec``."""
-    location = resolve(shard_dir)
-    try:
-        payload = location.read_bytes("stats.npz")
-    except FileNotFoundError:
-        raise DatasetError(
-            f"no stats.npz in {location.uri}: expected a directory written by `convplat prepare`"
-        ) from None
-    with np.load(io.BytesIO(payload)) as arrays:
-        return {name: arrays[name] for name in arrays.files}
-
-
-def split_shards(manifest: dict, split: str) -> list[tuple[str, int]]:
-    """``(shard name, sample count)`` of a split's non-empty shards, in manifest order."""
-    info = manifest.get("splits", {}).get(split)
-    if not info or not info.get("count"):
-        have = sorted(manifest.get("splits", {}))
-        raise DatasetError(f"the shards have no {split!r} samples (splits present: {have})")
-    return [(s["name"], int(s["count"])) for s in info["shards"] if int(s["count"]) > 0]
-
-
 def default_num_workers() -> int:
     """Loader processes to use: one core is left to the training process, at most 8.
 
@@ -83,41 +48,7 @@ def default_num_workers() -> int:
     return max(0, min(8, (cpus or 1) - 1))
 
 
-# --------------------------------------------------------------------------- shard planning
-@dataclass(frozen=True)
-class ShardTask:
-    """One slot's share of one shard: samples ``i`` with ``i % parts == part``."""
-
-    name: str
-    count: int
-    parts: int = 1
-    part: int = 0
-
-    @property
-    def samples(self) -> int:
-        return len(range(self.part, self.count, self.parts))
-
-
-def assign_shards(shards: list[tuple[str, int]], slots: int) -> list[list[ShardTask]]:
-    """Split shards over ``slots`` (rank, worker) slots so no slot is left without data.
-
-    With at least as many shards as slots, slot ``s`` reads shards ``s, s + slots, ...``.
-    With fewer, slots wrap around the shard list and the slots sharing a shard take disjoint
-    interleaved parts of it, so the union over slots is still every sample exactly once.
-    """
-    if slots < 1:
-        raise ValueError(f"expected at least one slot, got {slots}")
-    count = len(shards)
-    if count >= slots:
-        return [[ShardTask(n, c) for n, c in shards[slot::slots]] for slot in range(slots)]
-    plan = []
-    for slot in range(slots):
-        name, samples = shards[slot % count]
-        sharing = len(range(slot % count, slots, count))
-        plan.append([ShardTask(name, samples, sharing, slot // count)])
-    return plan
-
-
+# --------------------------------------------------------------------------- batch counts
 def train_batches(count: int, batch_size: int, world_size: int, drop_last: bool = True) -> int:
     """Batches per rank per epoch: ``count // (world_size * batch_size)`` (rounded up if not
     ``drop_last``); raises DatasetError when that is zero."""
@@ -186,6 +117,10 @@ def _seed(*parts: int) -> np.random.SeedSequence:
 
 _SHARD_ORDER, _SHARD_CYCLE, _SAMPLE_SHUFFLE, _WINDOWS = 1, 2, 3, 4
 
+# The epoch a training stage reads when its stream starts: a plain int, or the shared-memory
+# 0-d tensor of a TrainLoader (set in the main process, read in the loader processes).
+Epoch = int | torch.Tensor
+
 
 def _train_tasks(shards, seed: int, epoch: int, slot: int, slots: int) -> list[ShardTask]:
     """One slot's shard tasks for one epoch; shard order shuffled with ``(seed, epoch)``."""
@@ -199,45 +134,23 @@ def _train_tasks(shards, seed: int, epoch: int, slot: int, slots: int) -> list[S
     ]
 
 
-IMAGE_AND_LABEL = (".jpg", ".cls")
-WITH_METADATA = (".jpg", ".cls", ".json")  # + boxes, box labels, source size
-
-
-def read_shard_samples(
-    location: Location, task: ShardTask, suffixes: tuple[str, ...] = IMAGE_AND_LABEL
-) -> Iterator[dict]:
-    """Raw samples (dicts of bytes) of one task's share of its shard, in shard order.
-
-    Only members ending in ``suffixes`` are read (by default the json metadata is skipped
-    unread). webdataset's tar iterators over a pyarrow stream, so local paths, file:// and
-    s3:// / gs:// / hdfs:// shard directories all work.
-    """
-    url = location.join(task.name)
-    with location.fs.open_input_stream(url, buffer_size=READ_BUFFER) as stream:
-        files = tar_file_expander(
-            [{"url": url, "stream": stream}], select_files=lambda name: name.endswith(suffixes)
-        )
-        for index, sample in enumerate(group_by_keys(files)):
-            if index % task.parts == task.part:
-                yield sample
-
-
 class _TrainSamples:
     """Stage 1 (train): this slot's shards, cycled forever (reshuffled on every pass)."""
 
-    def __init__(self, location, shards, seed: int, epoch: int, rank: int, world_size: int):
-        self.location, self.shards, self.seed, self.epoch = location, shards, seed, epoch
+    def __init__(self, shard_set, shards, seed: int, epoch: Epoch, rank: int, world_size: int):
+        self.shard_set, self.shards, self.seed, self.epoch = shard_set, shards, seed, epoch
         self.rank, self.world_size = rank, world_size
 
     def __call__(self) -> Iterator[dict]:
         slot, slots, worker = _slot(self.rank, self.world_size)
-        tasks = _train_tasks(self.shards, self.seed, self.epoch, slot, slots)
-        cycle = np.random.default_rng(_seed(self.seed, self.epoch, self.rank, worker, _SHARD_CYCLE))
+        epoch = int(self.epoch)
+        tasks = _train_tasks(self.shards, self.seed, epoch, slot, slots)
+        cycle = np.random.default_rng(_seed(self.seed, epoch, self.rank, worker, _SHARD_CYCLE))
         order = tasks
         while True:
             produced = 0
             for task in order:
-                for sample in read_shard_samples(self.location, task):
+                for sample in self.shard_set.read_samples(task):
                     produced += 1
                     yield sample
             if produced == 0:  # cycling on would hang every rank at the next all-reduce
@@ -249,13 +162,14 @@ class _TrainSamples:
 class _EvalSamples:
     """Stage 1 (evaluation): this slot's shards, once, in manifest order."""
 
-    def __init__(self, location, shards, rank: int, world_size: int) -> None:
-        self.location, self.shards, self.rank, self.world_size = location, shards, rank, world_size
+    def __init__(self, shard_set, shards, rank: int, world_size: int) -> None:
+        self.shard_set, self.shards = shard_set, shards
+        self.rank, self.world_size = rank, world_size
 
     def __call__(self) -> Iterator[dict]:
         slot, slots, _ = _slot(self.rank, self.world_size)
         for task in assign_shards(self.shards, slots)[slot]:
-            yield from read_shard_samples(self.location, task)
+            yield from self.shard_set.read_samples(task)
 
 
 class _SlotShuffle:
@@ -263,25 +177,34 @@ class _SlotShuffle:
 
     When one pass over the slot's shards fits in ``bufsize``, each pass is permuted exactly
     (an epoch is then a permutation, never a sample twice in a batch); otherwise webdataset's
-    shuffle buffer of ``bufsize`` samples mixes the stream.
+    shuffle buffer mixes the stream: it starts yielding once it holds ``initial`` samples (one
+    batch, so the first decode does not wait for ``bufsize`` reads) and grows to ``bufsize``.
     """
 
-    def __init__(self, bufsize: int, shards, seed: int, epoch: int, rank: int, world_size: int):
+    def __init__(
+        self,
+        bufsize: int,
+        shards,
+        seed: int,
+        epoch: Epoch,
+        rank: int,
+        world_size: int,
+        initial: int,
+    ) -> None:
         self.bufsize, self.shards, self.seed, self.epoch = bufsize, shards, seed, epoch
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.initial = rank, world_size, min(initial, bufsize)
 
     def __call__(self, samples):
         if self.bufsize <= 1:
             return samples
         slot, slots, worker = _slot(self.rank, self.world_size)
-        per_pass = sum(
-            t.samples for t in _train_tasks(self.shards, self.seed, self.epoch, slot, slots)
-        )
-        seed = _seed(self.seed, self.epoch, self.rank, worker, _SAMPLE_SHUFFLE)
+        epoch = int(self.epoch)
+        per_pass = sum(t.samples for t in _train_tasks(self.shards, self.seed, epoch, slot, slots))
+        seed = _seed(self.seed, epoch, self.rank, worker, _SAMPLE_SHUFFLE)
         if per_pass <= self.bufsize:
             return self._permute_passes(samples, per_pass, np.random.default_rng(seed))
         state = int(seed.generate_state(1, np.uint64)[0])
-        return wds.shuffle(self.bufsize, initial=self.bufsize, seed=state)(samples)
+        return wds.shuffle(self.bufsize, initial=self.initial, seed=state)(samples)
 
     @staticmethod
     def _permute_passes(samples, per_pass: int, rng: np.random.Generator):
@@ -325,17 +248,25 @@ def _labels(samples) -> torch.Tensor:
 
 
 class _TrainBatches:
-    """Stage 3 (train): decode, random crop windows, crops copied into one uint8 batch."""
+    """Stage 3 (train): decode, random crop windows, crops copied into one uint8 batch.
 
-    def __init__(self, batch_size, crop, frame, seed, epoch, rank, world_size) -> None:
+    Each loader worker stops after its share of the epoch's ``length`` batches (the DataLoader
+    takes batches from its workers in turn, so worker ``w`` delivers batches ``w, w + W, ...``):
+    the epoch ends when the streams do, and no batch is decoded only to be dropped.
+    """
+
+    def __init__(self, batch_size, crop, frame, seed, epoch, rank, world_size, length) -> None:
         self.batch_size, self.crop, self.frame = batch_size, crop, frame
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.length = length
         self.rng: np.random.Generator | None = None
 
     def __call__(self, samples):
-        _, _, worker = _slot(self.rank, self.world_size)
-        self.rng = np.random.default_rng(_seed(self.seed, self.epoch, self.rank, worker, _WINDOWS))
-        return wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(samples)
+        worker, workers = _worker()
+        seed = _seed(self.seed, int(self.epoch), self.rank, worker, _WINDOWS)
+        self.rng = np.random.default_rng(seed)
+        batches = wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(samples)
+        return islice(batches, len(range(worker, self.length, workers)))
 
     def collate(self, samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         crop, count = self.crop, len(samples)
@@ -380,24 +311,32 @@ class _EvalBatches:
 class ShardLoader:
     """An epoch of batches with a known length; stops after exactly ``len(self)`` batches.
 
-    Each ``iter()`` starts fresh loader workers and shuts them down at the end (or when the
-    loop is left early). A stream that ends short raises instead of silently unbalancing DDP.
+    Without persistent workers each ``iter()`` starts fresh loader processes, stopped when the
+    epoch ends (or the loop is left early); :class:`TrainLoader` keeps them for every epoch.
+    A stream that ends short raises instead of silently unbalancing DDP.
     """
 
-    def __init__(self, loader: wds.WebLoader, length: int) -> None:
+    def __init__(
+        self, loader: wds.WebLoader, length: int, on_start: Callable[[], object] | None = None
+    ) -> None:
         self.loader = loader
         self.length = length
+        self.on_start = on_start  # run by each iter(), before the loader's streams start
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self):
+        if self.on_start is not None:
+            self.on_start()
         iterator = iter(self.loader)
         delivered = 0
         try:
             for batch in islice(iterator, self.length):
                 delivered += 1
                 yield batch
+        except DatasetError as exc:
+            raise DatasetError(_one_line(exc)) from None
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
@@ -406,13 +345,27 @@ class ShardLoader:
             raise RuntimeError(f"loader delivered {delivered} of {self.length} batches")
 
 
-def _web_loader(pipeline, num_workers: int, pin_memory: bool) -> wds.WebLoader:
+def _one_line(exc: DatasetError) -> str:
+    """The original message of a DatasetError a loader process raised: torch re-raises it as
+    ``DatasetError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback
+    ...\nconvplat.errors.DatasetError: <message>")``; users get ``<message>``."""
+    text = str(exc)
+    if not text.startswith("Caught "):
+        return text
+    last = text.rstrip().rsplit("\n", 1)[-1]
+    return last.split("DatasetError: ", 1)[-1]
+
+
+def _web_loader(
+    pipeline, num_workers: int, pin_memory: bool, persistent: bool = False
+) -> wds.WebLoader:
     return wds.WebLoader(
         pipeline,
         batch_size=None,  # the pipeline batches inside the workers
         num_workers=num_workers,
         pin_memory=pin_memory,
         prefetch_factor=2 if num_workers > 0 else None,
+        persistent_workers=persistent and num_workers > 0,
     )
 
 
@@ -427,6 +380,57 @@ def _check_common(batch_size, rank, world_size, num_workers, crop_size, frame) -
     if not 1 <= crop_size <= frame:
         raise ConfigError(f"crop size: expected 1..{frame} (the shard image size), got {crop_size}")
     return workers
+
+
+class TrainLoader:
+    """Training batches for every epoch from one set of loader processes.
+
+    Build it once per run and iterate ``loader.epoch(e)`` for each epoch: the processes stay
+    up between epochs (``persistent_workers``) and read the epoch number from one shared-memory
+    integer, so an epoch costs no fork, no worker start-up and no re-import. ``epoch(e)``
+    yields exactly the batches :func:`train_loader` with ``epoch=e`` yields. Arguments: see
+    :func:`train_loader`.
+    """
+
+    def __init__(
+        self,
+        shard_dir: str | os.PathLike,
+        *,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int | None = None,
+        seed: int = 0,
+        crop_size: int = 224,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        drop_last: bool = True,
+        pin_memory: bool = False,
+        persistent: bool = True,
+    ) -> None:
+        shard_set = ShardSet.open(shard_dir)
+        frame = shard_set.size
+        workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
+        shards = shard_set.shards("train")
+        self.length = train_batches(sum(c for _, c in shards), batch_size, world_size, drop_last)
+        # Shared before the workers fork, so set_epoch reaches them without a restart.
+        self.current = torch.zeros((), dtype=torch.int64).share_memory_()
+        epoch = self.current
+        pipeline = wds.DataPipeline(
+            _TrainSamples(shard_set, shards, seed, epoch, rank, world_size),
+            _SlotShuffle(  # before decode
+                shuffle_buffer, shards, seed, epoch, rank, world_size, initial=batch_size
+            ),
+            _TrainBatches(batch_size, crop_size, frame, seed, epoch, rank, world_size, self.length),
+        )
+        self.loader = _web_loader(pipeline, workers, pin_memory, persistent)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def epoch(self, epoch: int) -> ShardLoader:
+        """The batches of ``epoch``; the shared epoch is set when iteration starts, so epochs
+        may be asked for in any order (one iteration at a time)."""
+        return ShardLoader(self.loader, self.length, lambda: self.current.fill_(int(epoch)))
 
 
 def train_loader(
@@ -451,21 +455,25 @@ def train_loader(
     ``(seed, epoch, rank, worker)``, then decodes and crops a random ``crop_size`` window
     (AlexNet §4.1) into uint8 batches. Batches per epoch = ``train_count // (world_size *
     batch_size)``; ``drop_last=False`` rounds up instead (the last batches are filled from
-    the cycling streams). The same arguments give the same batches.
+    the cycling streams). The same arguments give the same batches. For many epochs,
+    :class:`TrainLoader` gives the same batches from loader processes kept across epochs.
 
     Yields ``(images uint8 (B, crop, crop, 3), labels int64 (B,), windows int64 (B, 3))``.
     """
-    manifest = read_manifest(shard_dir)
-    frame = int(manifest["size"])
-    workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
-    shards = split_shards(manifest, "train")
-    length = train_batches(sum(c for _, c in shards), batch_size, world_size, drop_last)
-    pipeline = wds.DataPipeline(
-        _TrainSamples(resolve(shard_dir), shards, seed, epoch, rank, world_size),
-        _SlotShuffle(shuffle_buffer, shards, seed, epoch, rank, world_size),  # before decode
-        _TrainBatches(batch_size, crop_size, frame, seed, epoch, rank, world_size),
+    loader = TrainLoader(
+        shard_dir,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        seed=seed,
+        crop_size=crop_size,
+        shuffle_buffer=shuffle_buffer,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent=False,
     )
-    return ShardLoader(_web_loader(pipeline, workers, pin_memory), length)
+    return loader.epoch(epoch)
 
 
 def eval_loader(
@@ -492,13 +500,16 @@ def eval_loader(
     """
     if mode not in EVAL_MODES:
         raise ConfigError(f"evaluation mode: expected one of {', '.join(EVAL_MODES)}, got {mode!r}")
-    manifest = read_manifest(shard_dir)
-    frame = int(manifest["size"])
+    shard_set = ShardSet.open(shard_dir)
+    frame = shard_set.size
     workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
-    shards = split_shards(manifest, split)
+    shards = shard_set.shards(split)
     length = eval_batches(shards, batch_size, world_size, rank, workers)
     pipeline = wds.DataPipeline(
-        _EvalSamples(resolve(shard_dir), shards, rank, world_size),
+        _EvalSamples(shard_set, shards, rank, world_size),
         _EvalBatches(batch_size, mode, crop_size, frame, keys),
     )
     return ShardLoader(_web_loader(pipeline, workers, pin_memory), length)
+
+
+# --------------------------------------------------------------------------- re-exports

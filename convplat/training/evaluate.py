@@ -51,8 +51,9 @@ def evaluate(
     sizes; it scores one image (and its mirror) per pass, so ``batch_size`` does not apply.
     Writes ``eval-<mode>-<split>.json`` into the run directory and returns the metrics.
     """
+    from convplat.pipeline.shardset import load_stats
     from convplat.training.augment import BatchTransform, TenCrop
-    from convplat.training.data import eval_loader, load_stats
+    from convplat.training.data import eval_loader
     from convplat.training.loop import evaluate_batches
 
     if mode not in MODES:
@@ -118,8 +119,8 @@ def _evaluate_dense(
 ) -> dict:
     """OverFeat §3.3 scores per image (``dense_scores``), then top-1/top-5 over the split."""
     from convplat.localize.dense import dense_scores, parse_scales
+    from convplat.pipeline.shardset import read_manifest
     from convplat.progress import progress_bar
-    from convplat.training.data import read_manifest
     from convplat.training.loop import topk_correct
 
     scale_list = parse_scales(scales)
@@ -200,7 +201,8 @@ def _raw_images(manifest: dict, root: str, split: str, needed: int):
 
 def _shard_images(manifest: dict, shards: str, split: str, needed: int):
     """The shards' own images; they must be at least as large as the largest scale."""
-    from convplat.training.data import eval_loader, split_shards
+    from convplat.pipeline.shardset import split_shards
+    from convplat.training.data import eval_loader
 
     size = int(manifest["size"])
     if size < needed:

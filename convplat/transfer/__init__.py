@@ -2,7 +2,8 @@
 heads, the Caltech split protocol, and the scratch / fine-tuning baselines."""
 
 from convplat.config import TransferConfig
-from convplat.transfer.features import FeatureExtractor, TransferNet, freeze, load_checkpoint
+from convplat.transfer.checkpoint import load_checkpoint
+from convplat.transfer.extractor import FeatureExtractor, TransferNet, frozen_extractor
 from convplat.transfer.heads import fit_head
 from convplat.transfer.protocol import format_table, make_splits, mean_class_accuracy
 from convplat.transfer.transfer import transfer
@@ -13,7 +14,7 @@ __all__ = [
     "TransferNet",
     "fit_head",
     "format_table",
-    "freeze",
+    "frozen_extractor",
     "load_checkpoint",
     "make_splits",
     "mean_class_accuracy",

@@ -23,7 +23,8 @@ from torch import nn
 
 from convplat.training.augment import BatchTransform, center_window, random_windows
 from convplat.training.models import ConvNet, create_model, reinitialize
-from convplat.transfer.features import Checkpoint, decode_pixels
+from convplat.transfer.checkpoint import Checkpoint
+from convplat.transfer.extract import decode_pixels
 
 
 def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:

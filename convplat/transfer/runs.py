@@ -16,12 +16,14 @@ import torch
 from convplat.config import TransferConfig
 from convplat.errors import DatasetError
 from convplat.storage import Location, resolve
-from convplat.transfer.features import DEFAULT_QUALITY, Checkpoint, DatasetFeatures, gather
+from convplat.transfer.checkpoint import Checkpoint
+from convplat.transfer.extract import DEFAULT_QUALITY
+from convplat.transfer.gather import DatasetFeatures, gather
 
 
 def load_mean(checkpoint: Checkpoint) -> tuple[np.ndarray, int]:
     """The ImageNet mean image the checkpoint was trained with, and the shards' JPEG quality."""
-    from convplat.training.data import load_stats, read_manifest
+    from convplat.pipeline.shardset import load_stats, read_manifest
 
     try:
         stats = load_stats(checkpoint.data)

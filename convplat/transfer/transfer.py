@@ -26,13 +26,9 @@ from convplat.pipeline.readers import read_dataset
 from convplat.progress import progress_bar
 from convplat.training.checkpoints import write_json
 from convplat.transfer import finetune
-from convplat.transfer.features import (
-    Checkpoint,
-    DatasetFeatures,
-    default_device,
-    load_checkpoint,
-    make_transform,
-)
+from convplat.transfer.checkpoint import Checkpoint, load_checkpoint
+from convplat.transfer.extract import default_device, make_transform
+from convplat.transfer.gather import DatasetFeatures
 from convplat.transfer.heads import fit_head, predict_proba
 from convplat.transfer.protocol import (
     Split,

@@ -27,13 +27,9 @@ from convplat.pipeline.readers import VOC_CLASSES, VocListing, read_voc
 from convplat.progress import progress_bar
 from convplat.training.checkpoints import write_json
 from convplat.transfer import finetune
-from convplat.transfer.features import (
-    Checkpoint,
-    DatasetFeatures,
-    default_device,
-    load_checkpoint,
-    make_transform,
-)
+from convplat.transfer.checkpoint import Checkpoint, load_checkpoint
+from convplat.transfer.extract import default_device, make_transform
+from convplat.transfer.gather import DatasetFeatures
 from convplat.transfer.heads import fit_multilabel_head, multilabel_loss, predict_scores
 from convplat.transfer.protocol import class_average_precisions, row_label
 from convplat.transfer.runs import (

@@ -220,9 +220,9 @@ def run_correspondence(
     pixels, mapped through the preprocessing) or ``input`` (model-input pixels).
     """
     from convplat.pipeline.image import process_image
+    from convplat.pipeline.shardset import load_stats
     from convplat.storage import resolve
     from convplat.training.checkpoints import load_run_model
-    from convplat.training.data import load_stats
     from convplat.visualize.runs import preprocess
 
     if len(images) < 2:

@@ -31,8 +31,8 @@ def preprocess(image_bytes: bytes, config: dict, size: int) -> torch.Tensor:
     (256), centre crop, centre ``size`` crop, mean subtraction, ``input_scale``; (3, size, size).
     """
     from convplat.pipeline.image import process_image
+    from convplat.pipeline.shardset import load_stats
     from convplat.training.augment import BatchTransform, center_window, windows_tensor
-    from convplat.training.data import load_stats
 
     stats = load_stats(config["data"])
     frame = int(stats["mean"].shape[0])
@@ -105,11 +105,12 @@ def run_deconv(
     -> ``deconv-layer<L>.png``. Without ``maps``, ``count`` random maps (ZFNet: "a random
     subset of feature maps"). ``executor`` auto/local/ray: Ray tasks, one per shard group,
     search large validation splits (auto: from ``ray_min_images`` images)."""
+    from convplat.cluster import RAY_MIN_IMAGES
     from convplat.progress import progress_bar
     from convplat.training.checkpoints import load_run_model
     from convplat.visualize.deconv import conv_layers
     from convplat.visualize.plots import deconv_figure, png_bytes
-    from convplat.visualize.search import RAY_MIN_IMAGES, check_executor, search_shards
+    from convplat.visualize.search import check_executor, search_shards
 
     check_executor(executor)  # before the (slow) model load
     model, config = load_run_model(run, weights=weights)

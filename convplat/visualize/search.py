@@ -14,12 +14,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from convplat.errors import ConfigError
+from convplat.cluster import RAY_MIN_IMAGES, use_ray
+from convplat.config import EXECUTORS
+from convplat.errors import ConfigError, ConvplatError
 from convplat.visualize.deconv import relu_index
 from convplat.visualize.top import Activation, merge_tops, top_activations, top_of_maps
-
-EXECUTORS = ("auto", "local", "ray")
-RAY_MIN_IMAGES = 2000  # below this a Ray start-up and one model copy per task cost more
 
 
 def val_batches(
@@ -36,8 +35,9 @@ def val_batches(
     """Validation images of ``shards`` as (B, 3, size, size) model inputs (centre crops, mean
     subtracted, scaled), with their sample keys when ``keys``; ``rank`` of ``world_size``
     reads its share of the shards only."""
+    from convplat.pipeline.shardset import load_stats
     from convplat.training.augment import BatchTransform
-    from convplat.training.data import eval_loader, load_stats
+    from convplat.training.data import eval_loader
 
     transform = BatchTransform.from_stats(
         load_stats(shards), lighting_std=0.0, input_scale=input_scale
@@ -93,9 +93,9 @@ def check_executor(executor: str) -> None:
 
 def val_count(shards: str) -> tuple[int, int]:
     """(validation images, validation shards) that the manifest lists."""
-    from convplat.training.data import read_manifest, split_shards
+    from convplat.pipeline.shardset import ShardSet
 
-    listed = split_shards(read_manifest(shards), "val")
+    listed = ShardSet.open(shards).shards("val")
     return sum(count for _, count in listed), len(listed)
 
 
@@ -122,11 +122,8 @@ def search_shards(
     """
     check_executor(executor)
     count, groups = val_count(shards)
-    use_ray = executor == "ray" or (
-        executor == "auto" and (count >= ray_min_images or address is not None)
-    )
     size = model.input_size
-    if not use_ray:
+    if not use_ray(executor, count, address, ray_min_images):
         batches = val_batches(shards, size, batch_size, input_scale, keys=True)
         return top_activations(model.eval(), batches, layer, channels, k), "local"
     layers = model.features[: relu_index(model, layer) + 1]
@@ -146,23 +143,27 @@ def _search_ray(
     """Fan :func:`search_part` out: about two shard groups per CPU, whole shards each."""
     import ray
 
-    from convplat.cluster import ensure_ray
+    from convplat.cluster import cluster_size, ensure_ray, fan_out
 
     ensure_ray(address)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus, _ = cluster_size()
     tasks = max(1, min(groups, 2 * cpus))
-    task = ray.remote(search_part).options(num_cpus=1, max_retries=2)
     layers_ref = ray.put(layers)  # conv layers only: a few MB, not the fc weights
-    pending = [
-        task.remote(layers_ref, shards, channels, rank=r, world_size=tasks, **spec)
+    jobs = (
+        (r, (layers_ref, shards, channels), {"rank": r, "world_size": tasks, **spec})
         for r in range(tasks)
-    ]
+    )
     advance = (lambda: None) if progress is None else _advancer(progress, tasks)
     parts = []
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        parts.append(ray.get(done[0]))
-        advance()
+    try:
+        for _, part in fan_out(search_part, jobs, num_cpus=1):
+            parts.append(part)
+            advance()
+    except ray.exceptions.RayTaskError as exc:
+        # A damaged shard in a task: the user gets its one line, not the worker's traceback.
+        if isinstance(exc.cause, ConvplatError):
+            raise exc.cause from None
+        raise
     return merge_tops(parts, spec["k"])
 
 
