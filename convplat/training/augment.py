@@ -152,7 +152,7 @@ class BatchTransform(nn.Module):
 
     @classmethod
     def from_stats(cls, stats: Mapping[str, np.ndarray], **kwargs) -> BatchTransform:
-        """Build from the arrays of ``stats.npz`` (:func:`convplat.pipeline.shardset.load_stats`)."""
+        """Build from the arrays of ``stats.npz`` (``pipeline.shardset.load_stats``)."""
         return cls(stats["mean"], stats["eigval"], stats["eigvec"], **kwargs)
 
     def extra_repr(self) -> str:
