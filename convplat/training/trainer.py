@@ -138,7 +138,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(config.seed)  # identical init on every rank (DDP also broadcasts)
     model = build_model(config, loop_config["num_classes"])
     data = DataParallel(worker, ray.train.torch.prepare_model, config.parallel, device)
-    net = model = data.wrap(model)  # DDP (or one of AlexNet's columns)
+    net = data.wrap(model)  # DDP (or one of AlexNet's columns)
+    model = data.columns.model if data.columns else model  # the module itself
     if config.compile:
         net = torch.compile(net)
     optimizer = build_optimizer(model.parameters(), config)
