@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo data (convplat/pipeline/demo.py)."""
+"""Tests for the synthetic demo data (convplat/demo/)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convplat.errors import ConfigError
-from convplat.pipeline.demo import (
+from convplat.demo import (
     MAX_CLASSES,
     SHAPES,
     caltech_class_specs,
@@ -22,6 +21,7 @@ from convplat.pipeline.demo import (
     imagenet_class_specs,
     make_demo_data,
 )
+from convplat.errors import ConfigError
 
 SMALL = dict(
     classes=3,
@@ -196,8 +196,9 @@ def test_multi_object_sample_boxes():
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path, folder_set):
     out, _ = folder_set
-    again = make_demo_data(tmp_path / "a", seed=1, layout="folder", **SMALL)
-    assert again["imagenet"]["train"] == 12
+    # "imagefolder" (prepare's name for the layout) and its alias "folder" write the same tree.
+    again = make_demo_data(tmp_path / "a", seed=1, layout="imagefolder", **SMALL)
+    assert again["imagenet"]["train"] == 12 and again["imagenet"]["layout"] == "imagefolder"
     first = _tree_hash(out)
     assert first == _tree_hash(tmp_path / "a")
     make_demo_data(tmp_path / "b", seed=2, layout="folder", **SMALL)
