@@ -237,6 +237,15 @@ def test_rerun_replaces_own_output_but_refuses_foreign_dirs(tmp_path):
     make_demo_data(tmp_path, layout="ilsvrc", caltech_per_class=2, progress=True, **args)
     make_demo_data(tmp_path, layout="folder", caltech_per_class=2, **args)
     assert not (tmp_path / "imagenet" / "ILSVRC").exists()  # the stale layout is gone
+    # Files a user adds to a tree demo-data wrote survive a re-run; only its own stale files go.
+    (tmp_path / "imagenet" / "notes.txt").write_text("mine")
+    (tmp_path / "imagenet" / "train" / "extra").mkdir()
+    (tmp_path / "imagenet" / "train" / "extra" / "photo.jpg").write_bytes(b"mine too")
+    make_demo_data(tmp_path, layout="ilsvrc", caltech_per_class=2, **args)
+    assert (tmp_path / "imagenet" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "imagenet" / "train" / "extra" / "photo.jpg").read_bytes() == b"mine too"
+    assert not list((tmp_path / "imagenet" / "train").rglob("*.JPEG"))
+    assert list((tmp_path / "imagenet" / "ILSVRC").rglob("*.JPEG"))
     foreign = tmp_path / "other" / "imagenet"
     foreign.mkdir(parents=True)
     (foreign / "precious.txt").write_text("keep me")

@@ -7,7 +7,6 @@ Output is a pure function of the arguments: the same seed gives byte-identical f
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
@@ -81,9 +80,14 @@ def prediction_string(boxes: Sequence[LabelledBox], classes: Sequence[ClassSpec]
     return "".join(f"{classes[b.label].wnid} {b.xmin} {b.ymin} {b.xmax} {b.ymax} " for b in boxes)
 
 
+# Every file this run writes (absolute paths), so that a re-run removes only its own stale files.
+_written: set[Path] = set()
+
+
 def _save_jpeg(img: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, "JPEG", quality=JPEG_QUALITY)
+    _written.add(path)
 
 
 def _write(path: Path, data: bytes | str) -> None:
@@ -92,22 +96,56 @@ def _write(path: Path, data: bytes | str) -> None:
         path.write_text(data, encoding="utf-8", newline="\n")
     else:
         path.write_bytes(data)
+    _written.add(path)
 
 
-def _fresh_dir(path: Path, params: dict) -> None:
-    """Empty ``path`` for writing; refuse to delete anything demo-data did not write itself."""
+def _claim_dir(path: Path, params: dict) -> list[str]:
+    """Make ``path`` ready for writing and return the files an earlier demo-data wrote there.
+
+    Nothing is deleted here: files are rewritten in place and, at the end, only the earlier
+    run's files that this run did not write again are removed (:func:`_remove_stale`), so files
+    a user added to the tree survive. A non-empty directory without the marker is refused.
+    """
+    old: list[str] = []
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"expected a directory at {path}, got a file; choose another --out")
         if (path / MARKER).is_file():
-            shutil.rmtree(path)
+            try:
+                old = list(json.loads((path / MARKER).read_text()).get("files", []))
+            except (OSError, ValueError, AttributeError):
+                old = []  # an unreadable marker: overwrite in place, delete nothing
         elif any(path.iterdir()):
             raise ConfigError(
                 f"expected {path} to be missing or empty, got a directory that demo-data did "
                 "not write; choose another --out"
             )
     path.mkdir(parents=True, exist_ok=True)
-    _write(path / MARKER, json.dumps(params, indent=1, sort_keys=True) + "\n")
+    # Keep the earlier list in the marker until this run ends, so a killed run forgets nothing.
+    _write_marker(path, params, old)
+    return old
+
+
+def _write_marker(path: Path, params: dict, files: list[str]) -> None:
+    body = {**params, "files": sorted(files)}
+    (path / MARKER).write_text(json.dumps(body, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _remove_stale(path: Path, params: dict, old: list[str]) -> None:
+    """Delete the earlier run's files that this run did not write (and folders left empty)."""
+    root = path.resolve()
+    written = (p.resolve() for p in _written)
+    mine = sorted(str(p.relative_to(root)) for p in written if p.is_relative_to(root))
+    for name in sorted(set(old) - set(mine)):
+        stale = root / name
+        if ".." in Path(name).parts or not stale.is_file():
+            continue
+        stale.unlink()
+        parent = stale.parent
+        while parent != root and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    _write_marker(path, params, mine)
 
 
 def _image_rng(seed: int, *key: int) -> np.random.Generator:
@@ -237,10 +275,9 @@ def make_demo_data(
     total += (voc_train + voc_val) if voc else 0
 
     imagenet, caltech, devkit = out / "imagenet", out / "caltech101", out / "VOCdevkit"
-    _fresh_dir(imagenet, params)
-    _fresh_dir(caltech, params)
-    if voc:
-        _fresh_dir(devkit, params)
+    roots = [imagenet, caltech, devkit] if voc else [imagenet, caltech]
+    earlier = {root: _claim_dir(root, params) for root in roots}
+    _written.clear()
     with _progress(progress, total) as advance:
         inet = _write_imagenet(
             imagenet,
@@ -268,6 +305,9 @@ def make_demo_data(
     }
     if voc_summary is not None:
         summary["voc2012"] = voc_summary
+    for root in roots:
+        _remove_stale(root, params, earlier[root])
+    _written.clear()
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary
 

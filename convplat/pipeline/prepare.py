@@ -2,7 +2,9 @@
 
 The only module that touches Ray for preprocessing: `write_shard` (pure) runs as one task per
 shard; the driver keeps complete shards of an earlier run, reduces the statistics partial sums,
-and writes manifest.json, index.parquet, stats.npz and rejected.jsonl atomically.
+and writes manifest.json, index.parquet, stats.npz and rejected.jsonl atomically. The output is
+a transaction (outdir.py): under a lock, a manifest that no longer describes the plan is removed
+before any shard changes, shards outside the plan are removed, and the manifest is written last.
 """
 
 from __future__ import annotations
@@ -19,14 +21,27 @@ import pyarrow.parquet as pq
 import convplat
 from convplat.cluster import ensure_ray, fan_out
 from convplat.config import PrepareConfig
-from convplat.errors import DatasetError
-from convplat.pipeline.readers import DatasetListing, read_dataset
+from convplat.errors import ConvplatError, DatasetError
+from convplat.pipeline.outdir import (
+    MANIFEST,
+    PARTS_DIR,
+    SHARD_NAME,
+    claim,
+    locked,
+    mark_owned,
+    read_manifest,
+    remove_stale_shards,
+    write_error,
+)
+from convplat.pipeline.readers import DatasetListing, display_path, read_dataset
 from convplat.pipeline.shards import (
     ShardInfo,
     ShardOptions,
     ShardSpec,
     load_complete_shard,
     load_partial_stats,
+    plan_digest,
+    plan_fingerprint,
     plan_shards,
     write_shard,
 )
@@ -50,13 +65,23 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
-def prepare(config: PrepareConfig) -> dict:
+def prepare(config: PrepareConfig, *, overwrite: bool | None = None) -> dict:
     """Turn a raw dataset tree into WebDataset shards plus manifest, index and statistics.
+
+    ``overwrite`` (default: ``config.overwrite`` when the config has it, else False) lets
+    prepare write into a non-empty directory that is not a convplat output; it still deletes
+    only its own files and never overwrites a foreign manifest.json.
 
     Returns the manifest (also written to ``<out>/manifest.json``), with a ``summary`` entry
     (counts, kept shards, seconds, images/s) that is printed but not saved.
+
+    Raises:
+        DatasetError: no (decodable) training images.
+        OutputError: ``--out`` is a file, foreign, locked by another run, or cannot be written.
     """
     started = time.perf_counter()
+    if overwrite is None:
+        overwrite = bool(getattr(config, "overwrite", False))
     listing = read_dataset(config.source, config.layout)
     if not any(item.split == "train" for item in listing.items):
         raise DatasetError(
@@ -67,22 +92,43 @@ def prepare(config: PrepareConfig) -> dict:
         quality=config.quality,
         crop=config.crop,
         source_root=listing.root,
-        wnids=tuple(c.wnid for c in listing.classes),
+        wnids=tuple(display_path(c.wnid) for c in listing.classes),
     )
     specs = plan_shards(listing.items, config.shard_size, config.seed)
+    digests = {spec.name: plan_digest(spec, options) for spec in specs}
     location = resolve(config.out)
-    location.fs.create_dir(location.path, recursive=True)
-    location.remove_temporaries()
+    claim(location, overwrite)
+    with locked(location):
+        try:
+            mark_owned(location)
+            location.remove_temporaries(PARTS_DIR)
+        except OSError as exc:
+            raise write_error(location.uri, exc) from None
+        return _prepare_locked(config, listing, options, specs, digests, location, started)
 
+
+def _prepare_locked(config, listing, options, specs, digests, location, started) -> dict:
+    """prepare's work once ``--out`` is claimed and locked."""
     infos: dict[str, ShardInfo] = {}
     todo: list[ShardSpec] = []
     for spec in specs:
-        info = load_complete_shard(spec, location, options)
+        info = load_complete_shard(spec, location, options, digests[spec.name])
         if info is None:
             todo.append(spec)
         else:
             infos[spec.name] = info
     kept = len(infos)
+    fingerprint = plan_fingerprint(specs, digests)
+    stale = [n for n in location.names() if SHARD_NAME.fullmatch(n) and n not in digests]
+    old = read_manifest(location)
+    try:
+        if old is not None and (old.get("plan") != fingerprint or todo or stale):
+            # The manifest goes before any shard changes: killed from here on, the directory
+            # has no manifest (readers refuse it) rather than one describing other shards.
+            location.delete(MANIFEST)
+        remove_stale_shards(location, digests)
+    except OSError as exc:
+        raise write_error(location.uri, exc) from None
     partials = [
         load_partial_stats(name, location) for name, info in infos.items() if info.split == "train"
     ]
@@ -96,9 +142,12 @@ def prepare(config: PrepareConfig) -> dict:
             "decoded; see rejected.jsonl"
         )
     statistics = finalize(merge_partials(config.size, partials))
-    _write_outputs(location, listing, specs, infos, statistics)
-    manifest = _manifest(config, listing, specs, infos, statistics)
-    location.write_bytes("manifest.json", json.dumps(manifest, indent=2).encode())
+    manifest = _manifest(config, listing, specs, infos, statistics, fingerprint)
+    try:
+        _write_outputs(location, listing, specs, infos, statistics)
+        location.write_bytes(MANIFEST, json.dumps(manifest, indent=2).encode())
+    except OSError as exc:
+        raise write_error(location.uri, exc) from None
     seconds = time.perf_counter() - started
     written = sum(infos[s.name].count for s in todo)
     manifest["summary"] = {
@@ -130,13 +179,23 @@ def _run_tasks(
     processed = 0
     with progress_bar(enabled=config.progress) as bar:
         shard_task = bar.add_task("shards", total=total, completed=done, rate="")
-        for spec, (info, stats) in fan_out(write_shard, jobs):
-            infos[spec.name] = info
-            if info.split == "train":
-                partials.append(stats)
-            processed += len(spec.items)
-            rate = processed / max(time.perf_counter() - started, 1e-9)
-            bar.update(shard_task, advance=1, rate=f"{rate:,.0f} images/s ({processed}/{images})")
+        try:
+            for spec, (info, stats) in fan_out(write_shard, jobs):
+                infos[spec.name] = info
+                if info.split == "train":
+                    partials.append(stats)
+                processed += len(spec.items)
+                rate = processed / max(time.perf_counter() - started, 1e-9)
+                bar.update(
+                    shard_task, advance=1, rate=f"{rate:,.0f} images/s ({processed}/{images})"
+                )
+        except ConvplatError as exc:
+            # A task's OutputError arrives wrapped in Ray's RayTaskError (whose text is the
+            # whole remote traceback); the user gets the task's own one line.
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, ConvplatError):
+                raise cause from None
+            raise
 
 
 def _write_outputs(location, listing: DatasetListing, specs, infos, statistics) -> None:
@@ -150,13 +209,15 @@ def _write_outputs(location, listing: DatasetListing, specs, infos, statistics) 
     pq.write_table(table, sink)
     location.write_bytes("index.parquet", sink.getvalue().to_pybytes())
 
-    rejected = [{"path": path, "reason": reason} for path, reason in listing.skipped]
+    rejected = [{"path": display_path(path), "reason": reason} for path, reason in listing.skipped]
     rejected += [r for spec in specs for r in infos[spec.name].rejected]
     rejected.sort(key=lambda r: r["path"])
     location.write_bytes("rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected).encode())
 
 
-def _manifest(config: PrepareConfig, listing: DatasetListing, specs, infos, statistics) -> dict:
+def _manifest(
+    config: PrepareConfig, listing: DatasetListing, specs, infos, statistics, fingerprint: str
+) -> dict:
     splits: dict[str, dict] = {}
     for spec in specs:
         info = infos[spec.name]
@@ -169,14 +230,18 @@ def _manifest(config: PrepareConfig, listing: DatasetListing, specs, infos, stat
         "format_version": FORMAT_VERSION,
         "tool": "convplat",
         "tool_version": convplat.__version__,
-        "source": listing.root,
+        "source": display_path(listing.root),
         "layout": listing.layout,
         "size": config.size,
         "crop": config.crop,
         "quality": config.quality,
         "seed": config.seed,
         "shard_size": config.shard_size,
-        "classes": [asdict(c) for c in listing.classes],
+        "plan": fingerprint,
+        "classes": [
+            {k: display_path(v) if isinstance(v, str) else v for k, v in asdict(c).items()}
+            for c in listing.classes
+        ],
         "splits": splits,
         "statistics": {
             "file": "stats.npz",

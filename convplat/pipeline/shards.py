@@ -18,12 +18,11 @@ import numpy as np
 
 from convplat.errors import ImageDecodeError
 from convplat.pipeline.image import Geometry, process_image, transform_boxes_with_index
-from convplat.pipeline.readers import Item
+from convplat.pipeline.outdir import PARTS_DIR, write_error
+from convplat.pipeline.readers import Item, display_path
 from convplat.pipeline.stats import StatsAccumulator
 from convplat.pipeline.tar import ShardTar
 from convplat.storage import Location, resolve
-
-PARTS_DIR = "_parts"
 
 
 @dataclass(frozen=True)
@@ -96,6 +95,13 @@ def plan_digest(spec: ShardSpec, options: ShardOptions) -> str:
         },
         sort_keys=True,
     )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def plan_fingerprint(specs: list[ShardSpec], digests: dict[str, str]) -> str:
+    """One fingerprint of a whole plan (every shard's name and digest), kept in the manifest:
+    an output whose manifest records another fingerprint describes other shards."""
+    payload = json.dumps([[spec.name, digests[spec.name]] for spec in specs])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -179,21 +185,27 @@ def write_shard(
         rows,
         rejected,
     )
-    location.write_bytes(spec.name, payload)
     partial = stats.to_arrays() if stats is not None else {}
     part = io.BytesIO()
     np.savez(part, **partial)
-    location.write_bytes(f"{PARTS_DIR}/{spec.name}.npz", part.getvalue())
-    location.write_bytes(
-        f"{PARTS_DIR}/{spec.name}.json", json.dumps(_fields(info), sort_keys=True).encode()
-    )
+    try:
+        location.write_bytes(spec.name, payload)
+        location.write_bytes(f"{PARTS_DIR}/{spec.name}.npz", part.getvalue())
+        location.write_bytes(
+            f"{PARTS_DIR}/{spec.name}.json", json.dumps(_fields(info), sort_keys=True).encode()
+        )
+    except OSError as exc:  # disk full, permissions ...: one picklable line, not a traceback
+        raise write_error(f"{spec.name} in {out}", exc) from None
     return info, partial
 
 
 def load_complete_shard(
-    spec: ShardSpec, out: str | Location, options: ShardOptions
+    spec: ShardSpec, out: str | Location, options: ShardOptions, digest: str | None = None
 ) -> ShardInfo | None:
-    """The saved info of a shard that is complete and matches the plan, else None."""
+    """The saved info of a shard that is complete and matches the plan, else None.
+
+    ``digest`` is ``plan_digest(spec, options)`` when the caller has it already.
+    """
     location = out if isinstance(out, Location) else resolve(out)
     marker = f"{PARTS_DIR}/{spec.name}.json"
     if not (
@@ -206,7 +218,8 @@ def load_complete_shard(
         info = ShardInfo(**json.loads(location.read_bytes(marker)))
     except (ValueError, TypeError):
         return None
-    if info.digest != plan_digest(spec, options) or location.size(spec.name) != info.bytes:
+    expected = digest if digest is not None else plan_digest(spec, options)
+    if info.digest != expected or location.size(spec.name) != info.bytes:
         return None
     if hashlib.sha256(location.read_bytes(spec.name)).hexdigest() != info.sha256:
         return None
@@ -221,9 +234,10 @@ def load_partial_stats(name: str, out: str | Location) -> dict[str, np.ndarray]:
 
 
 def _relative(path: str, root: str) -> str:
-    if not root:
-        return path
-    try:
-        return os.path.relpath(path, root)
-    except ValueError:
-        return path
+    """``path`` below ``root``, as valid UTF-8 (see ``display_path``) for JSON and Parquet."""
+    if root:
+        try:
+            path = os.path.relpath(path, root)
+        except ValueError:
+            pass
+    return display_path(path)

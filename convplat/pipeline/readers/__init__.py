@@ -12,6 +12,7 @@ from convplat.pipeline.readers.items import (
     Corners,
     DatasetListing,
     Item,
+    display_path,
 )
 from convplat.pipeline.readers.layout import LAYOUTS, detect_layout
 from convplat.pipeline.readers.listing import read_dataset
@@ -28,6 +29,7 @@ __all__ = [
     "Item",
     "VocListing",
     "detect_layout",
+    "display_path",
     "read_dataset",
     "read_voc",
 ]

@@ -118,6 +118,16 @@ def split_entries(entries: Iterable[os.DirEntry]) -> tuple[list[os.DirEntry], li
     return dirs, files
 
 
+def display_path(path: str) -> str:
+    """``path`` as valid UTF-8 text for outputs (JSON, Parquet): a name that is not UTF-8 on
+    disk (``os.fsdecode`` keeps its bytes as surrogates) shows those bytes as ``\\xNN``."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path
+
+
 def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
