@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import convplat
 from convplat.cluster import ensure_ray, fan_out
 from convplat.config import PrepareConfig
-from convplat.errors import ConvplatError, DatasetError
+from convplat.errors import ConfigError, ConvplatError, DatasetError
+from convplat.pipeline.image import MAX_BYTES, MAX_PIXELS
 from convplat.pipeline.outdir import (
     MANIFEST,
     PARTS_DIR,
@@ -65,12 +66,21 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
-def prepare(config: PrepareConfig, *, overwrite: bool | None = None) -> dict:
+def prepare(
+    config: PrepareConfig,
+    *,
+    overwrite: bool | None = None,
+    max_pixels: int | None = None,
+    max_bytes: int | None = None,
+) -> dict:
     """Turn a raw dataset tree into WebDataset shards plus manifest, index and statistics.
 
     ``overwrite`` (default: ``config.overwrite`` when the config has it, else False) lets
     prepare write into a non-empty directory that is not a convplat output; it still deletes
-    only its own files and never overwrites a foreign manifest.json.
+    only its own files and never overwrites a foreign manifest.json. ``max_pixels`` (checked
+    from each file's header before decoding) and ``max_bytes`` (checked before reading) send
+    decompression bombs and huge files to rejected.jsonl; each defaults to the config's field
+    of that name when it has one, else to ``image.MAX_PIXELS`` / ``image.MAX_BYTES``.
 
     Returns the manifest (also written to ``<out>/manifest.json``), with a ``summary`` entry
     (counts, kept shards, seconds, images/s) that is printed but not saved.
@@ -82,6 +92,10 @@ def prepare(config: PrepareConfig, *, overwrite: bool | None = None) -> dict:
     started = time.perf_counter()
     if overwrite is None:
         overwrite = bool(getattr(config, "overwrite", False))
+    limits = {
+        "max_pixels": _limit("max_pixels", max_pixels, config, MAX_PIXELS),
+        "max_bytes": _limit("max_bytes", max_bytes, config, MAX_BYTES),
+    }
     listing = read_dataset(config.source, config.layout)
     if not any(item.split == "train" for item in listing.items):
         raise DatasetError(
@@ -93,6 +107,7 @@ def prepare(config: PrepareConfig, *, overwrite: bool | None = None) -> dict:
         crop=config.crop,
         source_root=listing.root,
         wnids=tuple(display_path(c.wnid) for c in listing.classes),
+        **limits,
     )
     specs = plan_shards(listing.items, config.shard_size, config.seed)
     digests = {spec.name: plan_digest(spec, options) for spec in specs}
@@ -105,6 +120,16 @@ def prepare(config: PrepareConfig, *, overwrite: bool | None = None) -> dict:
         except OSError as exc:
             raise write_error(location.uri, exc) from None
         return _prepare_locked(config, listing, options, specs, digests, location, started)
+
+
+def _limit(name: str, given: int | None, config: PrepareConfig, default: int) -> int:
+    """The argument if given, else the config's field of that name if it has one, else default."""
+    value = given if given is not None else getattr(config, name, None)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value!r}")
+    return value
 
 
 def _prepare_locked(config, listing, options, specs, digests, location, started) -> dict:

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from convplat.errors import ImageDecodeError
-from convplat.pipeline.image import Geometry, process_image, transform_boxes_with_index
+from convplat.pipeline.image import (
+    MAX_BYTES,
+    MAX_PIXELS,
+    Geometry,
+    process_image,
+    transform_boxes_with_index,
+)
 from convplat.pipeline.outdir import PARTS_DIR, write_error
 from convplat.pipeline.readers import Item, display_path
 from convplat.pipeline.stats import StatsAccumulator
@@ -40,13 +46,24 @@ class ShardSpec:
 
 @dataclass(frozen=True)
 class ShardOptions:
-    """Settings every shard task needs; part of each shard's plan digest."""
+    """Settings every shard task needs; part of each shard's plan digest.
+
+    ``max_pixels`` (from the file's header) and ``max_bytes`` (its size) reject decompression
+    bombs and huge files before they are decoded or read.
+    """
 
     size: int = 256
     quality: int = 90
     crop: bool = True
     source_root: str = ""
     wnids: tuple[str, ...] = ()
+    max_pixels: int = MAX_PIXELS
+    max_bytes: int = MAX_BYTES
+
+
+# Limits enter a shard's digest only when they differ from these defaults, so the digests (and
+# the sidecars that record them) of outputs written before the limits existed stay the same.
+_DIGEST_DEFAULTS = {"max_pixels": MAX_PIXELS, "max_bytes": MAX_BYTES}
 
 
 @dataclass
@@ -87,10 +104,15 @@ def _fields(obj) -> dict:
 
 def plan_digest(spec: ShardSpec, options: ShardOptions) -> str:
     """A fingerprint of what the shard should contain; a kept shard must match it."""
+    settings = {
+        k: v
+        for k, v in _fields(options).items()
+        if k not in _DIGEST_DEFAULTS or v != _DIGEST_DEFAULTS[k]
+    }
     payload = json.dumps(
         {
             "name": spec.name,
-            "options": _fields(options),
+            "options": settings,
             "items": [_fields(item) for item in spec.items],
         },
         sort_keys=True,
@@ -122,9 +144,10 @@ def write_shard(
     processed: list[tuple[Item, bytes, Geometry]] = []
     for item in spec.items:
         try:
-            with open(item.path, "rb") as handle:
-                data = handle.read()
-            sample = process_image(data, options.size, options.quality, options.crop)
+            data = _read_capped(item.path, options.max_bytes)
+            sample = process_image(
+                data, options.size, options.quality, options.crop, options.max_pixels
+            )
         except (ImageDecodeError, OSError) as exc:
             reason = (
                 exc.reason
@@ -231,6 +254,18 @@ def load_partial_stats(name: str, out: str | Location) -> dict[str, np.ndarray]:
     location = out if isinstance(out, Location) else resolve(out)
     with np.load(io.BytesIO(location.read_bytes(f"{PARTS_DIR}/{name}.npz"))) as arrays:
         return {key: arrays[key] for key in arrays.files}
+
+
+def _read_capped(path: str, max_bytes: int) -> bytes:
+    """The file's bytes, refused (before reading) when it holds more than ``max_bytes``."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size <= max_bytes:
+            data = handle.read(max_bytes + 1)
+            size = len(data)  # it may have grown since fstat
+        if size > max_bytes:
+            raise ImageDecodeError(f"file too large ({size:,} bytes > max_bytes {max_bytes:,})")
+    return data
 
 
 def _relative(path: str, root: str) -> str:
