@@ -66,6 +66,15 @@ class Location:
             stream.write(data)
         self.fs.move(tmp, final)
 
+    def open_atomic(self, name: str) -> AtomicFile:
+        """A stream for writing ``name`` piece by piece; it appears under its name only on
+        :meth:`AtomicFile.commit` (the same temporary name and rename as :meth:`write_bytes`)."""
+        final = self.join(name)
+        parent = final.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/.{final.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex}"
+        return AtomicFile(self.fs, tmp, final, self.fs.open_output_stream(tmp))
+
     def remove_temporaries(self, *subdirs: str) -> int:
         """Delete leftovers of killed :meth:`write_bytes` calls; returns how many.
 
@@ -117,6 +126,30 @@ class Location:
             return False
         self.write_bytes(name, data)
         return True
+
+
+@dataclass
+class AtomicFile:
+    """An output stream to a temporary file that :meth:`commit` renames into place."""
+
+    fs: pafs.FileSystem
+    tmp: str
+    final: str
+    stream: object
+
+    def commit(self) -> None:
+        self.stream.close()
+        self.fs.move(self.tmp, self.final)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file (the target is left as it was)."""
+        try:
+            self.stream.close()
+        finally:
+            try:
+                self.fs.delete_file(self.tmp)
+            except OSError:
+                pass
 
 
 def resolve(uri_or_path: str | os.PathLike) -> Location:

@@ -131,7 +131,7 @@ def test_disk_full_is_one_line_on_the_driver_and_in_a_task(raw, tmp_path, ray_se
     write_bytes = Location.write_bytes
 
     def full(self, name, data):
-        if name.endswith((".parquet", ".tar")):
+        if name.endswith((".npz", ".tar")):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return write_bytes(self, name, data)
 

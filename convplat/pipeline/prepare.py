@@ -12,17 +12,17 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 import convplat
 from convplat.cluster import ensure_ray, fan_out
 from convplat.config import PrepareConfig
 from convplat.errors import ConfigError, ConvplatError, DatasetError
 from convplat.pipeline.image import MAX_BYTES, MAX_PIXELS
+from convplat.pipeline.index import INDEX_SCHEMA, IndexWriter
 from convplat.pipeline.outdir import (
     MANIFEST,
     PARTS_DIR,
@@ -46,24 +46,12 @@ from convplat.pipeline.shards import (
     plan_shards,
     write_shard,
 )
-from convplat.pipeline.stats import finalize, merge_partials
+from convplat.pipeline.stats import add_partial, finalize, merge_partials
 from convplat.progress import progress_bar
 from convplat.storage import resolve
 
 FORMAT_VERSION = 1
-INDEX_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("split", pa.string()),
-        ("shard", pa.string()),
-        ("label", pa.int32()),
-        ("wnid", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("boxes", pa.list_(pa.list_(pa.float32(), 4))),
-        ("source", pa.string()),
-    ]
-)
+__all__ = ["FORMAT_VERSION", "INDEX_SCHEMA", "prepare"]
 
 
 def prepare(
@@ -154,20 +142,42 @@ def _prepare_locked(config, listing, options, specs, digests, location, started)
         remove_stale_shards(location, digests)
     except OSError as exc:
         raise write_error(location.uri, exc) from None
-    partials = [
-        load_partial_stats(name, location) for name, info in infos.items() if info.split == "train"
-    ]
-    if todo:
-        _run_tasks(todo, config, options, infos, partials, total=len(specs), done=kept)
+    # Bounded driver memory: each shard's statistics partial is folded into one running total
+    # and its index rows streamed to index.parquet as it comes in; neither is kept.
+    total = merge_partials(config.size, [])
+    try:
+        index = IndexWriter(location, [spec.name for spec in specs])
+    except OSError as exc:
+        raise write_error(location.uri, exc) from None
 
-    train_infos = [i for i in infos.values() if i.split == "train"]
-    if sum(i.count for i in train_infos) == 0:
-        raise DatasetError(
-            f"none of the training images under {config.source} could be "
-            "decoded; see rejected.jsonl"
-        )
-    statistics = finalize(merge_partials(config.size, partials))
-    manifest = _manifest(config, listing, specs, infos, statistics, fingerprint)
+    def collect(info: ShardInfo, partial: dict | None) -> None:
+        infos[info.name] = info
+        if info.split == "train":
+            if partial is None:  # a kept shard: its partial is in its sidecar
+                partial = load_partial_stats(info.name, location)
+            add_partial(total, partial)
+        index.add(info.name, info.rows)
+        info.rows = []
+
+    try:
+        for name in list(infos):
+            collect(infos[name], None)
+        if todo:
+            _run_tasks(todo, config, options, collect, total=len(specs), done=kept)
+        train_infos = [i for i in infos.values() if i.split == "train"]
+        if sum(i.count for i in train_infos) == 0:
+            raise DatasetError(
+                f"none of the training images under {config.source} could be "
+                "decoded; see rejected.jsonl"
+            )
+        statistics = finalize(total)
+        manifest = _manifest(config, listing, specs, infos, statistics, fingerprint)
+        index.commit()
+    except BaseException as exc:
+        index.abort()
+        if isinstance(exc, OSError):
+            raise write_error(location.uri, exc) from None
+        raise
     try:
         _write_outputs(location, listing, specs, infos, statistics)
         location.write_bytes(MANIFEST, json.dumps(manifest, indent=2).encode())
@@ -191,12 +201,12 @@ def _run_tasks(
     todo: list[ShardSpec],
     config: PrepareConfig,
     options: ShardOptions,
-    infos: dict[str, ShardInfo],
-    partials: list,
+    collect: Callable[[ShardInfo, dict], None],
     total: int,
     done: int,
 ) -> None:
-    """One Ray task per shard; partial statistics are reduced as tasks finish."""
+    """One Ray task per shard; ``collect`` takes each result as its task finishes (fan_out
+    has already dropped its object reference, so nothing stays in Ray's object store)."""
     ensure_ray(config.address, num_cpus=config.num_cpus)
     jobs = ((spec, (spec, config.out, options), {}) for spec in todo)
     images = sum(len(spec.items) for spec in todo)
@@ -206,9 +216,8 @@ def _run_tasks(
         shard_task = bar.add_task("shards", total=total, completed=done, rate="")
         try:
             for spec, (info, stats) in fan_out(write_shard, jobs):
-                infos[spec.name] = info
-                if info.split == "train":
-                    partials.append(stats)
+                collect(info, stats)
+                del info, stats
                 processed += len(spec.items)
                 rate = processed / max(time.perf_counter() - started, 1e-9)
                 bar.update(
@@ -227,12 +236,6 @@ def _write_outputs(location, listing: DatasetListing, specs, infos, statistics) 
     buffer = io.BytesIO()
     np.savez(buffer, **{k: v for k, v in statistics.items()})
     location.write_bytes("stats.npz", buffer.getvalue())
-
-    rows = [row for spec in specs for row in infos[spec.name].rows]
-    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    location.write_bytes("index.parquet", sink.getvalue().to_pybytes())
 
     rejected = [{"path": display_path(path), "reason": reason} for path, reason in listing.skipped]
     rejected += [r for spec in specs for r in infos[spec.name].rejected]

@@ -90,13 +90,23 @@ class StatsAccumulator:
 
 
 def merge_partials(size: int, partials) -> dict[str, np.ndarray]:
-    """Sum the partial arrays of several tasks (pixel sums in uint64, whatever each part used)."""
+    """Sum the partial arrays of several tasks (pixel sums in uint64, whatever each part used).
+
+    ``partials`` may be any iterable; for a running total that takes each task's partial as
+    it finishes (and keeps none of them), start from ``merge_partials(size, [])`` and
+    :func:`add_partial` to it.
+    """
     total = StatsAccumulator(size).to_arrays()
     total["pixel_sum"] = total["pixel_sum"].astype(np.uint64)
     for part in partials:
-        for name in total:
-            total[name] = total[name] + part[name]
+        add_partial(total, part)
     return total
+
+
+def add_partial(total: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None:
+    """Fold one task's partial sums into ``total`` (in place; the same arithmetic as before)."""
+    for name in total:
+        total[name] = total[name] + part[name]
 
 
 def finalize(total: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
