@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -18,11 +19,12 @@ from dataclasses import asdict
 import numpy as np
 
 import convplat
-from convplat.cluster import ensure_ray, fan_out
+from convplat.cluster import RAY_MIN_IMAGES, ensure_ray, fan_out, use_ray
 from convplat.config import PrepareConfig
 from convplat.errors import ConfigError, ConvplatError, DatasetError
 from convplat.pipeline.image import MAX_BYTES, MAX_PIXELS
 from convplat.pipeline.index import INDEX_SCHEMA, IndexWriter
+from convplat.pipeline.local import LOCAL_POOL_MIN_IMAGES, run_local
 from convplat.pipeline.outdir import (
     MANIFEST,
     PARTS_DIR,
@@ -60,6 +62,8 @@ def prepare(
     overwrite: bool | None = None,
     max_pixels: int | None = None,
     max_bytes: int | None = None,
+    executor: str | None = None,
+    started: float | None = None,
 ) -> dict:
     """Turn a raw dataset tree into WebDataset shards plus manifest, index and statistics.
 
@@ -69,6 +73,9 @@ def prepare(
     from each file's header before decoding) and ``max_bytes`` (checked before reading) send
     decompression bombs and huge files to rejected.jsonl; each defaults to the config's field
     of that name when it has one, else to ``image.MAX_PIXELS`` / ``image.MAX_BYTES``.
+    ``executor`` (``auto``, ``ray``, ``local``; default the config's, else ``auto``) says where
+    the shard tasks run (:func:`_executor`). ``started`` is the ``time.perf_counter()`` at which
+    the user started waiting (the CLI's start), so the summary's images/s counts start-up too.
 
     Returns the manifest (also written to ``<out>/manifest.json``), with a ``summary`` entry
     (counts, kept shards, seconds, images/s) that is printed but not saved.
@@ -77,7 +84,11 @@ def prepare(
         DatasetError: no (decodable) training images.
         OutputError: ``--out`` is a file, foreign, locked by another run, or cannot be written.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
+    if executor is None:
+        executor = getattr(config, "executor", None) or "auto"
+    if executor not in ("auto", "ray", "local"):
+        raise ConfigError(f"--executor: expected auto, ray or local, got {executor!r}")
     if overwrite is None:
         overwrite = bool(getattr(config, "overwrite", False))
     limits = {
@@ -107,7 +118,9 @@ def prepare(
             location.remove_temporaries(PARTS_DIR)
         except OSError as exc:
             raise write_error(location.uri, exc) from None
-        return _prepare_locked(config, listing, options, specs, digests, location, started)
+        return _prepare_locked(
+            config, listing, options, specs, digests, location, started, executor
+        )
 
 
 def _limit(name: str, given: int | None, config: PrepareConfig, default: int) -> int:
@@ -120,7 +133,7 @@ def _limit(name: str, given: int | None, config: PrepareConfig, default: int) ->
     return value
 
 
-def _prepare_locked(config, listing, options, specs, digests, location, started) -> dict:
+def _prepare_locked(config, listing, options, specs, digests, location, started, executor) -> dict:
     """prepare's work once ``--out`` is claimed and locked."""
     infos: dict[str, ShardInfo] = {}
     todo: list[ShardSpec] = []
@@ -162,8 +175,9 @@ def _prepare_locked(config, listing, options, specs, digests, location, started)
     try:
         for name in list(infos):
             collect(infos[name], None)
+        ran = "none"
         if todo:
-            _run_tasks(todo, config, options, collect, total=len(specs), done=kept)
+            ran = _run_tasks(todo, config, executor, options, collect, len(specs), kept)
         train_infos = [i for i in infos.values() if i.split == "train"]
         if sum(i.count for i in train_infos) == 0:
             raise DatasetError(
@@ -193,6 +207,7 @@ def _prepare_locked(config, listing, options, specs, digests, location, started)
         "rejected": sum(len(i.rejected) for i in infos.values()) + len(listing.skipped),
         "seconds": round(seconds, 2),
         "images_per_s": round(written / seconds, 1),
+        "executor": ran,
     }
     return manifest
 
@@ -200,22 +215,29 @@ def _prepare_locked(config, listing, options, specs, digests, location, started)
 def _run_tasks(
     todo: list[ShardSpec],
     config: PrepareConfig,
+    executor: str,
     options: ShardOptions,
     collect: Callable[[ShardInfo, dict], None],
     total: int,
     done: int,
-) -> None:
-    """One Ray task per shard; ``collect`` takes each result as its task finishes (fan_out
-    has already dropped its object reference, so nothing stays in Ray's object store)."""
-    ensure_ray(config.address, num_cpus=config.num_cpus)
-    jobs = ((spec, (spec, config.out, options), {}) for spec in todo)
+) -> str:
+    """Run the shard tasks where it pays (see :func:`_executor`); ``collect`` takes each result
+    as its task finishes. Returns the executor used: ``ray``, ``pool`` or ``inline``."""
     images = sum(len(spec.items) for spec in todo)
+    executor = _executor(config, executor, images, len(todo))
+    if executor == "ray":
+        ensure_ray(config.address, num_cpus=config.num_cpus)
+        jobs = ((spec, (spec, config.out, options), {}) for spec in todo)
+        results = fan_out(write_shard, jobs)
+    else:
+        workers = 1 if executor == "inline" else _local_workers(config, len(todo))
+        results = run_local(todo, config.out, options, workers)
     started = time.perf_counter()
     processed = 0
     with progress_bar(enabled=config.progress) as bar:
         shard_task = bar.add_task("shards", total=total, completed=done, rate="")
         try:
-            for spec, (info, stats) in fan_out(write_shard, jobs):
+            for spec, (info, stats) in results:
                 collect(info, stats)
                 del info, stats
                 processed += len(spec.items)
@@ -230,6 +252,26 @@ def _run_tasks(
             if isinstance(cause, ConvplatError):
                 raise cause from None
             raise
+    return executor
+
+
+def _executor(config: PrepareConfig, executor: str, images: int, shards: int) -> str:
+    """Ray for a cluster (``--address``/RAY_ADDRESS) or from ``ray_min_images`` images (the one
+    rule, cluster.use_ray); below it a local process pool, and for a job too small to repay
+    even the pool's start-up (< LOCAL_POOL_MIN_IMAGES, or one shard) the driver itself.
+
+    ``config.ray_min_images`` is read when the config has it (the CLI's ``--ray-min-images``).
+    """
+    min_images = getattr(config, "ray_min_images", None) or RAY_MIN_IMAGES
+    if use_ray(executor, images, config.address, min_images):
+        return "ray"
+    if shards == 1 or images < LOCAL_POOL_MIN_IMAGES or _local_workers(config, shards) == 1:
+        return "inline"
+    return "pool"
+
+
+def _local_workers(config: PrepareConfig, shards: int) -> int:
+    return max(1, min(shards, config.num_cpus or os.cpu_count() or 1))
 
 
 def _write_outputs(location, listing: DatasetListing, specs, infos, statistics) -> None:
