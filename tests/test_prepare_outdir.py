@@ -63,6 +63,7 @@ def test_other_plan_removes_stale_shards_only(raw, tmp_path, ray_session):
     prepare(config(raw, out, shard_size=2))
     assert "train-000003.tar" in tars(out)
     (out / "notes.txt").write_text("mine")
+    (out / "val-000007.tar").write_bytes(b"a shard convplat did not write (no sidecar)")
     (out / "_parts" / "mine.json").write_text("{}")
     (out / "sub").mkdir()
     (out / "sub" / ".data.tmp-0123456789abcdef0123456789abcdef").write_text("mine too")
@@ -70,7 +71,8 @@ def test_other_plan_removes_stale_shards_only(raw, tmp_path, ray_session):
     own_tmp.write_text("left by a killed writer")
     manifest = prepare(config(raw, out, shard_size=8))
     listed = {s["name"] for split in manifest["splits"].values() for s in split["shards"]}
-    assert tars(out) == listed == {"train-000000.tar", "val-000000.tar"}
+    assert tars(out) - {"val-000007.tar"} == listed == {"train-000000.tar", "val-000000.tar"}
+    assert (out / "val-000007.tar").is_file()
     parts = {p.name for p in (out / "_parts").iterdir()}
     assert parts == {f"{n}.{ext}" for n in listed for ext in ("json", "npz")} | {"mine.json"}
     assert (out / "notes.txt").is_file() and (out / "sub").is_dir() and not own_tmp.exists()

@@ -141,17 +141,26 @@ def locked(location: Location) -> Iterator[None]:
             pass
 
 
-def remove_stale_shards(location: Location, planned: Iterable[str]) -> list[str]:
-    """Delete the shards (and their ``_parts/`` sidecars) that are not in the plan.
+def stale_shards(location: Location, planned: Iterable[str]) -> list[str]:
+    """Shards of an earlier prepare that are not in the plan: a ``train|val|test-NNNNNN.tar``
+    at the top level whose ``_parts/<shard>.json`` sidecar shows convplat wrote it (a foreign
+    WebDataset shard of the same name, in a directory taken with ``overwrite``, is left alone)."""
+    keep = set(planned)
+    parts = set(location.names(PARTS_DIR))
+    return [
+        name
+        for name in location.names()
+        if SHARD_NAME.fullmatch(name) and name not in keep and f"{name}.json" in parts
+    ]
 
-    Only convplat's own names (``train|val|test-NNNNNN.tar`` at the top level and
-    ``<shard>.json|.npz`` in ``_parts/``); returns the names deleted.
+
+def remove_stale_shards(location: Location, planned: Iterable[str]) -> list[str]:
+    """Delete :func:`stale_shards` and every ``_parts/`` sidecar of a shard not in the plan.
+
+    Only convplat's own names (``<shard>.json|.npz`` in ``_parts/``); returns what it deleted.
     """
     keep = set(planned)
-    removed = []
-    for name in location.names():
-        if SHARD_NAME.fullmatch(name) and name not in keep and location.delete(name):
-            removed.append(name)
+    removed = [name for name in stale_shards(location, keep) if location.delete(name)]
     for name in location.names(PARTS_DIR):
         match = PART_NAME.fullmatch(name)
         if match and match.group(1) not in keep and location.delete(f"{PARTS_DIR}/{name}"):

@@ -28,12 +28,12 @@ from convplat.pipeline.local import LOCAL_POOL_MIN_IMAGES, run_local
 from convplat.pipeline.outdir import (
     MANIFEST,
     PARTS_DIR,
-    SHARD_NAME,
     claim,
     locked,
     mark_owned,
     read_manifest,
     remove_stale_shards,
+    stale_shards,
     write_error,
 )
 from convplat.pipeline.readers import DatasetListing, display_path, read_dataset
@@ -145,7 +145,7 @@ def _prepare_locked(config, listing, options, specs, digests, location, started,
             infos[spec.name] = info
     kept = len(infos)
     fingerprint = plan_fingerprint(specs, digests)
-    stale = [n for n in location.names() if SHARD_NAME.fullmatch(n) and n not in digests]
+    stale = stale_shards(location, digests)
     old = read_manifest(location)
     try:
         if old is not None and (old.get("plan") != fingerprint or todo or stale):
