@@ -69,3 +69,11 @@ def test_unknown_executor_is_one_line(raw, tmp_path):
 
     with pytest.raises(ConfigError, match="--executor"):
         prepare(PrepareConfig(source=str(raw), out=str(tmp_path / "o")), executor="spark")
+
+
+def test_summary_counts_from_when_the_user_started_waiting(raw, tmp_path):
+    import time
+
+    config = PrepareConfig(source=str(raw), out=str(tmp_path / "o"), size=16, progress=False)
+    summary = prepare(config, started=time.perf_counter() - 100)["summary"]
+    assert summary["seconds"] >= 100 and summary["images_per_s"] < summary["images"] / 100
