@@ -76,4 +76,5 @@ def test_summary_counts_from_when_the_user_started_waiting(raw, tmp_path):
 
     config = PrepareConfig(source=str(raw), out=str(tmp_path / "o"), size=16, progress=False)
     summary = prepare(config, started=time.perf_counter() - 100)["summary"]
-    assert summary["seconds"] >= 100 and summary["images_per_s"] < summary["images"] / 100
+    assert summary["seconds"] >= 100
+    assert summary["images_per_s"] <= round(summary["images"] / 100, 1)
