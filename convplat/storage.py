@@ -7,10 +7,14 @@ so a killed run never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
+
+# The temporary name write_bytes gives a file before renaming it into place.
+TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -62,19 +66,90 @@ class Location:
             stream.write(data)
         self.fs.move(tmp, final)
 
-    def remove_temporaries(self) -> int:
-        """Delete leftovers of killed writers (``.<name>.tmp-*``); returns how many."""
+    def open_atomic(self, name: str) -> AtomicFile:
+        """A stream for writing ``name`` piece by piece; it appears under its name only on
+        :meth:`AtomicFile.commit` (the same temporary name and rename as :meth:`write_bytes`)."""
+        final = self.join(name)
+        parent = final.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        tmp = f"{parent}/.{final.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex}"
+        return AtomicFile(self.fs, tmp, final, self.fs.open_output_stream(tmp))
+
+    def remove_temporaries(self, *subdirs: str) -> int:
+        """Delete leftovers of killed :meth:`write_bytes` calls; returns how many.
+
+        Only names of exactly the shape ``write_bytes`` uses (``.<name>.tmp-<32 hex>``), and only
+        directly in this directory and in ``subdirs`` (not below them): a user's own files that
+        merely look alike, or live deeper, are never touched.
+        """
         removed = 0
-        selector = pafs.FileSelector(self.path, recursive=True, allow_not_found=True)
-        for info in self.fs.get_file_info(selector):
-            if (
-                info.type == pafs.FileType.File
-                and ".tmp-" in info.base_name
-                and info.base_name.startswith(".")
-            ):
-                self.fs.delete_file(info.path)
-                removed += 1
+        for sub in ("", *subdirs):
+            path = self.join(sub) if sub else self.path
+            selector = pafs.FileSelector(path, recursive=False, allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                if info.type == pafs.FileType.File and TEMPORARY.fullmatch(info.base_name):
+                    self.fs.delete_file(info.path)
+                    removed += 1
         return removed
+
+    def names(self, name: str = "") -> list[str]:
+        """Sorted names of the entries directly in this directory (or in ``name``); [] if none."""
+        path = self.join(name) if name else self.path
+        selector = pafs.FileSelector(path, recursive=False, allow_not_found=True)
+        return sorted(info.base_name for info in self.fs.get_file_info(selector))
+
+    def delete(self, name: str) -> bool:
+        """Delete the file ``name`` if it exists; returns whether it did."""
+        try:
+            self.fs.delete_file(self.join(name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def create_exclusive(self, name: str, data: bytes) -> bool:
+        """Create ``name`` with ``data`` only if it does not exist; False if it does.
+
+        Atomic on a local filesystem (``O_CREAT | O_EXCL``); object stores have no exclusive
+        create, so there it is a check then a write (good enough against a second run started
+        by the same user a moment later, not against a race within milliseconds).
+        """
+        target = self.join(name)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            try:
+                fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return True
+        if self.fs.get_file_info(target).type != pafs.FileType.NotFound:
+            return False
+        self.write_bytes(name, data)
+        return True
+
+
+@dataclass
+class AtomicFile:
+    """An output stream to a temporary file that :meth:`commit` renames into place."""
+
+    fs: pafs.FileSystem
+    tmp: str
+    final: str
+    stream: object
+
+    def commit(self) -> None:
+        self.stream.close()
+        self.fs.move(self.tmp, self.final)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file (the target is left as it was)."""
+        try:
+            self.stream.close()
+        finally:
+            try:
+                self.fs.delete_file(self.tmp)
+            except OSError:
+                pass
 
 
 def resolve(uri_or_path: str | os.PathLike) -> Location:

@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo data (convplat/pipeline/demo.py)."""
+"""Tests for the synthetic demo data (convplat/demo/)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convplat.errors import ConfigError
-from convplat.pipeline.demo import (
+from convplat.demo import (
     MAX_CLASSES,
     SHAPES,
     caltech_class_specs,
@@ -22,6 +21,7 @@ from convplat.pipeline.demo import (
     imagenet_class_specs,
     make_demo_data,
 )
+from convplat.errors import ConfigError
 
 SMALL = dict(
     classes=3,
@@ -196,8 +196,9 @@ def test_multi_object_sample_boxes():
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path, folder_set):
     out, _ = folder_set
-    again = make_demo_data(tmp_path / "a", seed=1, layout="folder", **SMALL)
-    assert again["imagenet"]["train"] == 12
+    # "imagefolder" (prepare's name for the layout) and its alias "folder" write the same tree.
+    again = make_demo_data(tmp_path / "a", seed=1, layout="imagefolder", **SMALL)
+    assert again["imagenet"]["train"] == 12 and again["imagenet"]["layout"] == "imagefolder"
     first = _tree_hash(out)
     assert first == _tree_hash(tmp_path / "a")
     make_demo_data(tmp_path / "b", seed=2, layout="folder", **SMALL)
@@ -236,6 +237,15 @@ def test_rerun_replaces_own_output_but_refuses_foreign_dirs(tmp_path):
     make_demo_data(tmp_path, layout="ilsvrc", caltech_per_class=2, progress=True, **args)
     make_demo_data(tmp_path, layout="folder", caltech_per_class=2, **args)
     assert not (tmp_path / "imagenet" / "ILSVRC").exists()  # the stale layout is gone
+    # Files a user adds to a tree demo-data wrote survive a re-run; only its own stale files go.
+    (tmp_path / "imagenet" / "notes.txt").write_text("mine")
+    (tmp_path / "imagenet" / "train" / "extra").mkdir()
+    (tmp_path / "imagenet" / "train" / "extra" / "photo.jpg").write_bytes(b"mine too")
+    make_demo_data(tmp_path, layout="ilsvrc", caltech_per_class=2, **args)
+    assert (tmp_path / "imagenet" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "imagenet" / "train" / "extra" / "photo.jpg").read_bytes() == b"mine too"
+    assert not list((tmp_path / "imagenet" / "train").rglob("*.JPEG"))
+    assert list((tmp_path / "imagenet" / "ILSVRC").rglob("*.JPEG"))
     foreign = tmp_path / "other" / "imagenet"
     foreign.mkdir(parents=True)
     (foreign / "precious.txt").write_text("keep me")

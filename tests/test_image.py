@@ -95,7 +95,7 @@ def test_png_behind_jpeg_name():
     [
         (b"", "empty"),
         (b"this is not an image at all", "not an image"),
-        (jpeg_bytes(300, 300)[:800], "undecodable"),
+        (jpeg_bytes(300, 300)[:800], "truncated"),
     ],
 )
 def test_damaged_files_raise_with_reason(data, reason):

@@ -29,3 +29,25 @@ def test_child_on_a_subtree_filesystem(tmp_path):
 def test_local_child_is_a_plain_path(tmp_path):
     child = resolve(tmp_path).child("a/", "b")
     assert child.uri == str(tmp_path / "a" / "b") == child.path
+
+
+def test_remove_temporaries_only_its_own_names_and_levels(tmp_path):
+    hexname = "0123456789abcdef0123456789abcdef"
+    ours = [tmp_path / f".a.tar.tmp-{hexname}", tmp_path / "_parts" / f".a.json.tmp-{hexname}"]
+    theirs = [
+        tmp_path / ".notes.tmp-draft",  # looks alike, not write_bytes' shape
+        tmp_path / "deep" / f".x.tmp-{hexname}",  # below the levels asked for
+        tmp_path / f"a.tmp-{hexname}",
+    ]
+    for path in ours + theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    assert resolve(tmp_path).remove_temporaries("_parts") == 2
+    assert not any(p.exists() for p in ours) and all(p.exists() for p in theirs)
+
+
+def test_create_exclusive_and_delete(tmp_path):
+    loc = resolve(tmp_path)
+    assert loc.create_exclusive("lock", b"1") and not loc.create_exclusive("lock", b"2")
+    assert loc.read_bytes("lock") == b"1" and loc.names() == ["lock"]
+    assert loc.delete("lock") and not loc.delete("lock") and loc.names() == []

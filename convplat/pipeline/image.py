@@ -22,9 +22,17 @@ from PIL import Image, UnidentifiedImageError
 from convplat.errors import ImageDecodeError
 
 JPEG_MAGIC = b"\xff\xd8"
-# Pillow raises DecompressionBombError above 2x this; we reject such files with a reason
-# instead of letting one hostile file use gigabytes of memory in a worker.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# Decompression bombs: a file whose header claims more pixels than this is rejected before any
+# decoding (every format: simplejpeg's header, or Pillow's, which reads only the header on open).
+# Pillow's own default warning limit (~9459 x 9459): several times the area of the largest
+# ImageNet, Caltech or VOC image, and at most ~1.3 GB of decode buffers in a worker (README).
+MAX_PIXELS = 89_478_485
+# Files larger than this are rejected before they are read (the largest ImageNet JPEGs are a few
+# MB; a q90 JPEG of MAX_PIXELS is ~25-40 MB).
+MAX_BYTES = 64 * 1024 * 1024
+# Non-JPEG images above this many pixels are box-reduced right after decoding (see _reduce);
+# smaller ones take the exact path, so ordinary PNGs give the same bytes as before.
+REDUCE_ABOVE_PIXELS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -107,45 +115,62 @@ def reduction_factor(width: int, height: int, size: int) -> int:
     return factor
 
 
-def decode_rgb(data: bytes, size: int) -> tuple[np.ndarray, int, int]:
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image too large ({width}x{height} = {width * height:,} pixels > max_pixels "
+            f"{max_pixels:,})"
+        )
+
+
+def decode_rgb(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, int, int]:
     """Decode any image file to an (H, W, 3) uint8 RGB array, DCT-reduced where exact enough.
 
     Returns the array and the file's original width and height. Raises ImageDecodeError with
-    a short reason for empty, truncated, non-image or oversized files.
+    a short reason for empty, truncated, non-image or oversized files; the size comes from the
+    header and is checked against ``max_pixels`` before anything is decoded.
     """
     if not data:
         raise ImageDecodeError("empty file")
     if data[:2] == JPEG_MAGIC:
         try:
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-            if width * height > 2 * MAX_PIXELS:
-                raise ImageDecodeError(f"image too large ({width}x{height} pixels)")
-            factor = reduction_factor(width, height, size)
-            rgb = simplejpeg.decode_jpeg(
-                data,
-                colorspace="RGB",
-                min_height=math.ceil(height / factor),
-                min_width=math.ceil(width / factor),
-            )
-            return rgb, width, height
         except ValueError:
-            pass  # CMYK, arithmetic coding, truncated ...: Pillow decides below
-    return _decode_with_pillow(data, size)
+            pass  # not a header simplejpeg reads: Pillow decides below
+        else:
+            _check_pixels(width, height, max_pixels)
+            factor = reduction_factor(width, height, size)
+            try:
+                rgb = simplejpeg.decode_jpeg(
+                    data,
+                    colorspace="RGB",
+                    min_height=math.ceil(height / factor),
+                    min_width=math.ceil(width / factor),
+                )
+                return rgb, width, height
+            except ValueError as exc:
+                # libjpeg's "premature end" (file cut short, or its data missing before an
+                # EOI): Pillow would pad the missing part with grey, so it is rejected here.
+                # Other complaints (CMYK, arithmetic coding, extraneous bytes) go to Pillow.
+                if "premature end" in str(exc).lower():
+                    raise ImageDecodeError(f"truncated JPEG ({exc})") from None
+    return _decode_with_pillow(data, size, max_pixels)
 
 
-def _decode_with_pillow(data: bytes, size: int) -> tuple[np.ndarray, int, int]:
+def _decode_with_pillow(data: bytes, size: int, max_pixels: int) -> tuple[np.ndarray, int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
                 width, height = im.size
-                if width * height > 2 * MAX_PIXELS:
-                    raise ImageDecodeError(f"image too large ({width}x{height} pixels)")
+                _check_pixels(width, height, max_pixels)
                 if im.format == "JPEG":
                     factor = reduction_factor(width, height, size)
                     if factor > 1:
                         im.draft(im.mode, (math.ceil(width / factor), math.ceil(height / factor)))
                 im.load()
+                if im.format != "JPEG" and width * height > REDUCE_ABOVE_PIXELS:
+                    im = _reduce(im, reduction_factor(width, height, size))
                 rgb = _to_rgb(im)
     except ImageDecodeError:
         raise
@@ -160,6 +185,27 @@ def _decode_with_pillow(data: bytes, size: int) -> tuple[np.ndarray, int, int]:
     return rgb, width, height
 
 
+def _reduce(im: Image.Image, factor: int) -> Image.Image:
+    """Box-reduce a huge decoded image by ``factor`` before any full-size copy is made.
+
+    What DCT scaling does for JPEGs, for the other formats: without it, converting a
+    ~9,000 x 9,000 PNG took a worker ~1-2 GB above its baseline (RGBA compositing, 16-bit
+    scaling to float64); measured in the README's limits section.
+    """
+    if factor <= 1:
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L"):
+        im = im.convert("I")
+    elif im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode == "1":
+        im = im.convert("L")
+    try:
+        return im.reduce(factor)
+    except ValueError:  # a mode reduce() does not support: keep the full-size image
+        return im
+
+
 def _to_rgb(im: Image.Image) -> np.ndarray:
     """Convert any Pillow mode to RGB; transparent pixels are composited on grey."""
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -170,6 +216,8 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         arr = np.asarray(im, dtype=np.float64)
         scale = 255.0 / max(arr.max(), 1.0)
         return np.repeat((arr * scale).round().astype(np.uint8)[..., None], 3, axis=2)
+    if im.mode == "RGB":  # convert() would copy the whole image once more
+        return np.asarray(im)
     return np.asarray(im.convert("RGB"))
 
 
@@ -206,10 +254,13 @@ class ProcessedImage:
 
 
 def process_image(
-    data: bytes, size: int = 256, quality: int = 90, crop: bool = True
+    data: bytes, size: int = 256, quality: int = 90, crop: bool = True, max_pixels: int = MAX_PIXELS
 ) -> ProcessedImage:
-    """Decode, rescale the shorter side to ``size``, centre-crop (unless ``crop=False``), encode."""
-    rgb, width, height = decode_rgb(data, size)
+    """Decode, rescale the shorter side to ``size``, centre-crop (unless ``crop=False``), encode.
+
+    Files whose header claims more than ``max_pixels`` pixels are rejected before decoding.
+    """
+    rgb, width, height = decode_rgb(data, size, max_pixels)
     geom = plan_geometry(width, height, rgb.shape[1], rgb.shape[0], size, crop=crop)
     pixels = resize_crop(rgb, geom)
     return ProcessedImage(encode_jpeg(pixels, quality), pixels, geom)

@@ -2,61 +2,99 @@
 
 The only module that touches Ray for preprocessing: `write_shard` (pure) runs as one task per
 shard; the driver keeps complete shards of an earlier run, reduces the statistics partial sums,
-and writes manifest.json, index.parquet, stats.npz and rejected.jsonl atomically.
+and writes manifest.json, index.parquet, stats.npz and rejected.jsonl atomically. The output is
+a transaction (outdir.py): under a lock, a manifest that no longer describes the plan is removed
+before any shard changes, shards outside the plan are removed, and the manifest is written last.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 import convplat
-from convplat.cluster import ensure_ray, fan_out
+from convplat.cluster import RAY_MIN_IMAGES, ensure_ray, fan_out, use_ray
 from convplat.config import PrepareConfig
-from convplat.errors import DatasetError
-from convplat.pipeline.readers import DatasetListing, read_dataset
+from convplat.errors import ConfigError, ConvplatError, DatasetError
+from convplat.pipeline.image import MAX_BYTES, MAX_PIXELS
+from convplat.pipeline.index import INDEX_SCHEMA, IndexWriter
+from convplat.pipeline.local import LOCAL_POOL_MIN_IMAGES, run_local
+from convplat.pipeline.outdir import (
+    MANIFEST,
+    PARTS_DIR,
+    claim,
+    locked,
+    mark_owned,
+    read_manifest,
+    remove_stale_shards,
+    stale_shards,
+    write_error,
+)
+from convplat.pipeline.readers import DatasetListing, display_path, read_dataset
 from convplat.pipeline.shards import (
     ShardInfo,
     ShardOptions,
     ShardSpec,
     load_complete_shard,
     load_partial_stats,
+    plan_digest,
+    plan_fingerprint,
     plan_shards,
     write_shard,
 )
-from convplat.pipeline.stats import finalize, merge_partials
+from convplat.pipeline.stats import add_partial, finalize, merge_partials
 from convplat.progress import progress_bar
 from convplat.storage import resolve
 
 FORMAT_VERSION = 1
-INDEX_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("split", pa.string()),
-        ("shard", pa.string()),
-        ("label", pa.int32()),
-        ("wnid", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("boxes", pa.list_(pa.list_(pa.float32(), 4))),
-        ("source", pa.string()),
-    ]
-)
+__all__ = ["FORMAT_VERSION", "INDEX_SCHEMA", "prepare"]
 
 
-def prepare(config: PrepareConfig) -> dict:
+def prepare(
+    config: PrepareConfig,
+    *,
+    overwrite: bool | None = None,
+    max_pixels: int | None = None,
+    max_bytes: int | None = None,
+    executor: str | None = None,
+    started: float | None = None,
+) -> dict:
     """Turn a raw dataset tree into WebDataset shards plus manifest, index and statistics.
+
+    ``overwrite`` (default: ``config.overwrite`` when the config has it, else False) lets
+    prepare write into a non-empty directory that is not a convplat output; it still deletes
+    only its own files and never overwrites a foreign manifest.json. ``max_pixels`` (checked
+    from each file's header before decoding) and ``max_bytes`` (checked before reading) send
+    decompression bombs and huge files to rejected.jsonl; each defaults to the config's field
+    of that name when it has one, else to ``image.MAX_PIXELS`` / ``image.MAX_BYTES``.
+    ``executor`` (``auto``, ``ray``, ``local``; default the config's, else ``auto``) says where
+    the shard tasks run (:func:`_executor`). ``started`` is the ``time.perf_counter()`` at which
+    the user started waiting (the CLI's start), so the summary's images/s counts start-up too.
 
     Returns the manifest (also written to ``<out>/manifest.json``), with a ``summary`` entry
     (counts, kept shards, seconds, images/s) that is printed but not saved.
+
+    Raises:
+        DatasetError: no (decodable) training images.
+        OutputError: ``--out`` is a file, foreign, locked by another run, or cannot be written.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
+    if executor is None:
+        executor = getattr(config, "executor", None) or "auto"
+    if executor not in ("auto", "ray", "local"):
+        raise ConfigError(f"--executor: expected auto, ray or local, got {executor!r}")
+    if overwrite is None:
+        overwrite = bool(getattr(config, "overwrite", False))
+    limits = {
+        "max_pixels": _limit("max_pixels", max_pixels, config, MAX_PIXELS),
+        "max_bytes": _limit("max_bytes", max_bytes, config, MAX_BYTES),
+    }
     listing = read_dataset(config.source, config.layout)
     if not any(item.split == "train" for item in listing.items):
         raise DatasetError(
@@ -67,38 +105,98 @@ def prepare(config: PrepareConfig) -> dict:
         quality=config.quality,
         crop=config.crop,
         source_root=listing.root,
-        wnids=tuple(c.wnid for c in listing.classes),
+        wnids=tuple(display_path(c.wnid) for c in listing.classes),
+        **limits,
     )
     specs = plan_shards(listing.items, config.shard_size, config.seed)
+    digests = {spec.name: plan_digest(spec, options) for spec in specs}
     location = resolve(config.out)
-    location.fs.create_dir(location.path, recursive=True)
-    location.remove_temporaries()
+    claim(location, overwrite)
+    with locked(location):
+        try:
+            mark_owned(location)
+            location.remove_temporaries(PARTS_DIR)
+        except OSError as exc:
+            raise write_error(location.uri, exc) from None
+        return _prepare_locked(
+            config, listing, options, specs, digests, location, started, executor
+        )
 
+
+def _limit(name: str, given: int | None, config: PrepareConfig, default: int) -> int:
+    """The argument if given, else the config's field of that name if it has one, else default."""
+    value = given if given is not None else getattr(config, name, None)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _prepare_locked(config, listing, options, specs, digests, location, started, executor) -> dict:
+    """prepare's work once ``--out`` is claimed and locked."""
     infos: dict[str, ShardInfo] = {}
     todo: list[ShardSpec] = []
     for spec in specs:
-        info = load_complete_shard(spec, location, options)
+        info = load_complete_shard(spec, location, options, digests[spec.name])
         if info is None:
             todo.append(spec)
         else:
             infos[spec.name] = info
     kept = len(infos)
-    partials = [
-        load_partial_stats(name, location) for name, info in infos.items() if info.split == "train"
-    ]
-    if todo:
-        _run_tasks(todo, config, options, infos, partials, total=len(specs), done=kept)
+    fingerprint = plan_fingerprint(specs, digests)
+    stale = stale_shards(location, digests)
+    old = read_manifest(location)
+    try:
+        if old is not None and (old.get("plan") != fingerprint or todo or stale):
+            # The manifest goes before any shard changes: killed from here on, the directory
+            # has no manifest (readers refuse it) rather than one describing other shards.
+            location.delete(MANIFEST)
+        remove_stale_shards(location, digests)
+    except OSError as exc:
+        raise write_error(location.uri, exc) from None
+    # Bounded driver memory: each shard's statistics partial is folded into one running total
+    # and its index rows streamed to index.parquet as it comes in; neither is kept.
+    total = merge_partials(config.size, [])
+    try:
+        index = IndexWriter(location, [spec.name for spec in specs])
+    except OSError as exc:
+        raise write_error(location.uri, exc) from None
 
-    train_infos = [i for i in infos.values() if i.split == "train"]
-    if sum(i.count for i in train_infos) == 0:
-        raise DatasetError(
-            f"none of the training images under {config.source} could be "
-            "decoded; see rejected.jsonl"
-        )
-    statistics = finalize(merge_partials(config.size, partials))
-    _write_outputs(location, listing, specs, infos, statistics)
-    manifest = _manifest(config, listing, specs, infos, statistics)
-    location.write_bytes("manifest.json", json.dumps(manifest, indent=2).encode())
+    def collect(info: ShardInfo, partial: dict | None) -> None:
+        infos[info.name] = info
+        if info.split == "train":
+            if partial is None:  # a kept shard: its partial is in its sidecar
+                partial = load_partial_stats(info.name, location)
+            add_partial(total, partial)
+        index.add(info.name, info.rows)
+        info.rows = []
+
+    try:
+        for name in list(infos):
+            collect(infos[name], None)
+        ran = "none"
+        if todo:
+            ran = _run_tasks(todo, config, executor, options, collect, len(specs), kept)
+        train_infos = [i for i in infos.values() if i.split == "train"]
+        if sum(i.count for i in train_infos) == 0:
+            raise DatasetError(
+                f"none of the training images under {config.source} could be "
+                "decoded; see rejected.jsonl"
+            )
+        statistics = finalize(total)
+        manifest = _manifest(config, listing, specs, infos, statistics, fingerprint)
+        index.commit()
+    except BaseException as exc:
+        index.abort()
+        if isinstance(exc, OSError):
+            raise write_error(location.uri, exc) from None
+        raise
+    try:
+        _write_outputs(location, listing, specs, infos, statistics)
+        location.write_bytes(MANIFEST, json.dumps(manifest, indent=2).encode())
+    except OSError as exc:
+        raise write_error(location.uri, exc) from None
     seconds = time.perf_counter() - started
     written = sum(infos[s.name].count for s in todo)
     manifest["summary"] = {
@@ -109,6 +207,7 @@ def prepare(config: PrepareConfig) -> dict:
         "rejected": sum(len(i.rejected) for i in infos.values()) + len(listing.skipped),
         "seconds": round(seconds, 2),
         "images_per_s": round(written / seconds, 1),
+        "executor": ran,
     }
     return manifest
 
@@ -116,27 +215,63 @@ def prepare(config: PrepareConfig) -> dict:
 def _run_tasks(
     todo: list[ShardSpec],
     config: PrepareConfig,
+    executor: str,
     options: ShardOptions,
-    infos: dict[str, ShardInfo],
-    partials: list,
+    collect: Callable[[ShardInfo, dict], None],
     total: int,
     done: int,
-) -> None:
-    """One Ray task per shard; partial statistics are reduced as tasks finish."""
-    ensure_ray(config.address, num_cpus=config.num_cpus)
-    jobs = ((spec, (spec, config.out, options), {}) for spec in todo)
+) -> str:
+    """Run the shard tasks where it pays (see :func:`_executor`); ``collect`` takes each result
+    as its task finishes. Returns the executor used: ``ray``, ``pool`` or ``inline``."""
     images = sum(len(spec.items) for spec in todo)
+    executor = _executor(config, executor, images, len(todo))
+    if executor == "ray":
+        ensure_ray(config.address, num_cpus=config.num_cpus)
+        jobs = ((spec, (spec, config.out, options), {}) for spec in todo)
+        results = fan_out(write_shard, jobs)
+    else:
+        workers = 1 if executor == "inline" else _local_workers(config, len(todo))
+        results = run_local(todo, config.out, options, workers)
     started = time.perf_counter()
     processed = 0
     with progress_bar(enabled=config.progress) as bar:
         shard_task = bar.add_task("shards", total=total, completed=done, rate="")
-        for spec, (info, stats) in fan_out(write_shard, jobs):
-            infos[spec.name] = info
-            if info.split == "train":
-                partials.append(stats)
-            processed += len(spec.items)
-            rate = processed / max(time.perf_counter() - started, 1e-9)
-            bar.update(shard_task, advance=1, rate=f"{rate:,.0f} images/s ({processed}/{images})")
+        try:
+            for spec, (info, stats) in results:
+                collect(info, stats)
+                del info, stats
+                processed += len(spec.items)
+                rate = processed / max(time.perf_counter() - started, 1e-9)
+                bar.update(
+                    shard_task, advance=1, rate=f"{rate:,.0f} images/s ({processed}/{images})"
+                )
+        except ConvplatError as exc:
+            # A task's OutputError arrives wrapped in Ray's RayTaskError (whose text is the
+            # whole remote traceback); the user gets the task's own one line.
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, ConvplatError):
+                raise cause from None
+            raise
+    return executor
+
+
+def _executor(config: PrepareConfig, executor: str, images: int, shards: int) -> str:
+    """Ray for a cluster (``--address``/RAY_ADDRESS) or from ``ray_min_images`` images (the one
+    rule, cluster.use_ray); below it a local process pool, and for a job too small to repay
+    even the pool's start-up (< LOCAL_POOL_MIN_IMAGES, or one shard) the driver itself.
+
+    ``config.ray_min_images`` is read when the config has it (the CLI's ``--ray-min-images``).
+    """
+    min_images = getattr(config, "ray_min_images", None) or RAY_MIN_IMAGES
+    if use_ray(executor, images, config.address, min_images):
+        return "ray"
+    if shards == 1 or images < LOCAL_POOL_MIN_IMAGES or _local_workers(config, shards) == 1:
+        return "inline"
+    return "pool"
+
+
+def _local_workers(config: PrepareConfig, shards: int) -> int:
+    return max(1, min(shards, config.num_cpus or os.cpu_count() or 1))
 
 
 def _write_outputs(location, listing: DatasetListing, specs, infos, statistics) -> None:
@@ -144,19 +279,15 @@ def _write_outputs(location, listing: DatasetListing, specs, infos, statistics) 
     np.savez(buffer, **{k: v for k, v in statistics.items()})
     location.write_bytes("stats.npz", buffer.getvalue())
 
-    rows = [row for spec in specs for row in infos[spec.name].rows]
-    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    location.write_bytes("index.parquet", sink.getvalue().to_pybytes())
-
-    rejected = [{"path": path, "reason": reason} for path, reason in listing.skipped]
+    rejected = [{"path": display_path(path), "reason": reason} for path, reason in listing.skipped]
     rejected += [r for spec in specs for r in infos[spec.name].rejected]
     rejected.sort(key=lambda r: r["path"])
     location.write_bytes("rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected).encode())
 
 
-def _manifest(config: PrepareConfig, listing: DatasetListing, specs, infos, statistics) -> dict:
+def _manifest(
+    config: PrepareConfig, listing: DatasetListing, specs, infos, statistics, fingerprint: str
+) -> dict:
     splits: dict[str, dict] = {}
     for spec in specs:
         info = infos[spec.name]
@@ -169,14 +300,18 @@ def _manifest(config: PrepareConfig, listing: DatasetListing, specs, infos, stat
         "format_version": FORMAT_VERSION,
         "tool": "convplat",
         "tool_version": convplat.__version__,
-        "source": listing.root,
+        "source": display_path(listing.root),
         "layout": listing.layout,
         "size": config.size,
         "crop": config.crop,
         "quality": config.quality,
         "seed": config.seed,
         "shard_size": config.shard_size,
-        "classes": [asdict(c) for c in listing.classes],
+        "plan": fingerprint,
+        "classes": [
+            {k: display_path(v) if isinstance(v, str) else v for k, v in asdict(c).items()}
+            for c in listing.classes
+        ],
         "splits": splits,
         "statistics": {
             "file": "stats.npz",

@@ -17,13 +17,18 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from convplat.errors import ImageDecodeError
-from convplat.pipeline.image import Geometry, process_image, transform_boxes_with_index
-from convplat.pipeline.readers import Item
+from convplat.pipeline.image import (
+    MAX_BYTES,
+    MAX_PIXELS,
+    Geometry,
+    process_image,
+    transform_boxes_with_index,
+)
+from convplat.pipeline.outdir import PARTS_DIR, write_error
+from convplat.pipeline.readers import Item, display_path
 from convplat.pipeline.stats import StatsAccumulator
 from convplat.pipeline.tar import ShardTar
 from convplat.storage import Location, resolve
-
-PARTS_DIR = "_parts"
 
 
 @dataclass(frozen=True)
@@ -41,13 +46,24 @@ class ShardSpec:
 
 @dataclass(frozen=True)
 class ShardOptions:
-    """Settings every shard task needs; part of each shard's plan digest."""
+    """Settings every shard task needs; part of each shard's plan digest.
+
+    ``max_pixels`` (from the file's header) and ``max_bytes`` (its size) reject decompression
+    bombs and huge files before they are decoded or read.
+    """
 
     size: int = 256
     quality: int = 90
     crop: bool = True
     source_root: str = ""
     wnids: tuple[str, ...] = ()
+    max_pixels: int = MAX_PIXELS
+    max_bytes: int = MAX_BYTES
+
+
+# Limits enter a shard's digest only when they differ from these defaults, so the digests (and
+# the sidecars that record them) of outputs written before the limits existed stay the same.
+_DIGEST_DEFAULTS = {"max_pixels": MAX_PIXELS, "max_bytes": MAX_BYTES}
 
 
 @dataclass
@@ -88,14 +104,26 @@ def _fields(obj) -> dict:
 
 def plan_digest(spec: ShardSpec, options: ShardOptions) -> str:
     """A fingerprint of what the shard should contain; a kept shard must match it."""
+    settings = {
+        k: v
+        for k, v in _fields(options).items()
+        if k not in _DIGEST_DEFAULTS or v != _DIGEST_DEFAULTS[k]
+    }
     payload = json.dumps(
         {
             "name": spec.name,
-            "options": _fields(options),
+            "options": settings,
             "items": [_fields(item) for item in spec.items],
         },
         sort_keys=True,
     )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def plan_fingerprint(specs: list[ShardSpec], digests: dict[str, str]) -> str:
+    """One fingerprint of a whole plan (every shard's name and digest), kept in the manifest:
+    an output whose manifest records another fingerprint describes other shards."""
+    payload = json.dumps([[spec.name, digests[spec.name]] for spec in specs])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -116,9 +144,10 @@ def write_shard(
     processed: list[tuple[Item, bytes, Geometry]] = []
     for item in spec.items:
         try:
-            with open(item.path, "rb") as handle:
-                data = handle.read()
-            sample = process_image(data, options.size, options.quality, options.crop)
+            data = _read_capped(item.path, options.max_bytes)
+            sample = process_image(
+                data, options.size, options.quality, options.crop, options.max_pixels
+            )
         except (ImageDecodeError, OSError) as exc:
             reason = (
                 exc.reason
@@ -179,21 +208,27 @@ def write_shard(
         rows,
         rejected,
     )
-    location.write_bytes(spec.name, payload)
     partial = stats.to_arrays() if stats is not None else {}
     part = io.BytesIO()
     np.savez(part, **partial)
-    location.write_bytes(f"{PARTS_DIR}/{spec.name}.npz", part.getvalue())
-    location.write_bytes(
-        f"{PARTS_DIR}/{spec.name}.json", json.dumps(_fields(info), sort_keys=True).encode()
-    )
+    try:
+        location.write_bytes(spec.name, payload)
+        location.write_bytes(f"{PARTS_DIR}/{spec.name}.npz", part.getvalue())
+        location.write_bytes(
+            f"{PARTS_DIR}/{spec.name}.json", json.dumps(_fields(info), sort_keys=True).encode()
+        )
+    except OSError as exc:  # disk full, permissions ...: one picklable line, not a traceback
+        raise write_error(f"{spec.name} in {out}", exc) from None
     return info, partial
 
 
 def load_complete_shard(
-    spec: ShardSpec, out: str | Location, options: ShardOptions
+    spec: ShardSpec, out: str | Location, options: ShardOptions, digest: str | None = None
 ) -> ShardInfo | None:
-    """The saved info of a shard that is complete and matches the plan, else None."""
+    """The saved info of a shard that is complete and matches the plan, else None.
+
+    ``digest`` is ``plan_digest(spec, options)`` when the caller has it already.
+    """
     location = out if isinstance(out, Location) else resolve(out)
     marker = f"{PARTS_DIR}/{spec.name}.json"
     if not (
@@ -206,7 +241,8 @@ def load_complete_shard(
         info = ShardInfo(**json.loads(location.read_bytes(marker)))
     except (ValueError, TypeError):
         return None
-    if info.digest != plan_digest(spec, options) or location.size(spec.name) != info.bytes:
+    expected = digest if digest is not None else plan_digest(spec, options)
+    if info.digest != expected or location.size(spec.name) != info.bytes:
         return None
     if hashlib.sha256(location.read_bytes(spec.name)).hexdigest() != info.sha256:
         return None
@@ -220,10 +256,23 @@ def load_partial_stats(name: str, out: str | Location) -> dict[str, np.ndarray]:
         return {key: arrays[key] for key in arrays.files}
 
 
+def _read_capped(path: str, max_bytes: int) -> bytes:
+    """The file's bytes, refused (before reading) when it holds more than ``max_bytes``."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size <= max_bytes:
+            data = handle.read(max_bytes + 1)
+            size = len(data)  # it may have grown since fstat
+        if size > max_bytes:
+            raise ImageDecodeError(f"file too large ({size:,} bytes > max_bytes {max_bytes:,})")
+    return data
+
+
 def _relative(path: str, root: str) -> str:
-    if not root:
-        return path
-    try:
-        return os.path.relpath(path, root)
-    except ValueError:
-        return path
+    """``path`` below ``root``, as valid UTF-8 (see ``display_path``) for JSON and Parquet."""
+    if root:
+        try:
+            path = os.path.relpath(path, root)
+        except ValueError:
+            pass
+    return display_path(path)

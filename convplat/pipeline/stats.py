@@ -13,6 +13,11 @@ import numpy as np
 # The RGB covariance is estimated on every second row and column: the 3x3 matrix over
 # >16k pixels per image is stable to many digits and this cuts its cost 4x (benchmarks/prepare.py).
 COV_STRIDE = 2
+# OpenBLAS splits a dot product over threads above 10,000 elements; in a process whose BLAS
+# threads are not limited (prepare's driver, running a small job itself) that cost ~90 ms per
+# image on a busy 2-core machine. Chunks stay single-threaded. Products of 0..255 integers sum
+# exactly in float64 (< 2**53), so the chunking, like the threading, changes no bit.
+_DOT_CHUNK = 8192
 
 
 @dataclass
@@ -53,10 +58,15 @@ class StatsAccumulator:
         sub = pixels[::COV_STRIDE, ::COV_STRIDE].transpose(2, 0, 1)
         planar = sub.astype(np.float64, order="C").reshape(3, -1)
         sums = planar.sum(axis=1)
-        outer = np.empty((3, 3), np.float64)
+        outer = np.zeros((3, 3), np.float64)
+        n = planar.shape[1]
         for i in range(3):  # six 1-D dot products: far faster than a (3, N) @ (N, 3) gemm here
             for j in range(i, 3):
-                outer[i, j] = outer[j, i] = np.dot(planar[i], planar[j])
+                for k in range(0, n, _DOT_CHUNK):
+                    outer[i, j] += np.dot(
+                        planar[i, k : k + _DOT_CHUNK], planar[j, k : k + _DOT_CHUNK]
+                    )
+                outer[j, i] = outer[i, j]
         self.rgb_sum += sums
         self.rgb_outer += outer
         self.rgb_pixels += planar.shape[1]
@@ -90,13 +100,23 @@ class StatsAccumulator:
 
 
 def merge_partials(size: int, partials) -> dict[str, np.ndarray]:
-    """Sum the partial arrays of several tasks (pixel sums in uint64, whatever each part used)."""
+    """Sum the partial arrays of several tasks (pixel sums in uint64, whatever each part used).
+
+    ``partials`` may be any iterable; for a running total that takes each task's partial as
+    it finishes (and keeps none of them), start from ``merge_partials(size, [])`` and
+    :func:`add_partial` to it.
+    """
     total = StatsAccumulator(size).to_arrays()
     total["pixel_sum"] = total["pixel_sum"].astype(np.uint64)
     for part in partials:
-        for name in total:
-            total[name] = total[name] + part[name]
+        add_partial(total, part)
     return total
+
+
+def add_partial(total: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> None:
+    """Fold one task's partial sums into ``total`` (in place; the same arithmetic as before)."""
+    for name in total:
+        total[name] = total[name] + part[name]
 
 
 def finalize(total: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
