@@ -66,7 +66,7 @@ def ensure_shards(shards: Path) -> Path:
     from convplat.cluster import ensure_ray
     from convplat.config import PrepareConfig
     from convplat.pipeline import prepare
-    from convplat.pipeline.demo import make_demo_data
+    from convplat.demo import make_demo_data
 
     data = WORK / "data"
     make_demo_data(

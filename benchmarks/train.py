@@ -28,7 +28,7 @@ def ensure_shards() -> Path:
     from convplat.cluster import ensure_ray
     from convplat.config import PrepareConfig
     from convplat.pipeline import prepare
-    from convplat.pipeline.demo import make_demo_data
+    from convplat.demo import make_demo_data
 
     make_demo_data(out=WORK / "data", classes=10, seed=0)
     ensure_ray()

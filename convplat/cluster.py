@@ -8,13 +8,14 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+# RAY_MIN_IMAGES: below this many images a job runs without Ray (starting Ray, ~3-6 s here,
+# costs more than it saves); the one default of every ``--ray-min-images``.
+from convplat.config.prepare import RAY_MIN_IMAGES
 from convplat.errors import ResourceError
 
-K = TypeVar("K")
+__all__ = ["RAY_MIN_IMAGES", "cluster_size", "ensure_ray", "fan_out", "use_ray"]
 
-# Below this many images a job runs in-process: starting Ray (~3-6 s here) costs more than it
-# saves. One default for every command that offers ``--ray-min-images``.
-RAY_MIN_IMAGES = 2000
+K = TypeVar("K")
 
 
 def ensure_ray(

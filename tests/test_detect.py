@@ -356,7 +356,7 @@ def test_regressor_that_does_not_fit_is_a_one_line_config_error(tmp_path):
 def demo_shards(tmp_path_factory, ray_session):
     from convplat.config import PrepareConfig
     from convplat.pipeline import prepare
-    from convplat.pipeline.demo import make_demo_data
+    from convplat.demo import make_demo_data
 
     root = tmp_path_factory.mktemp("demo")
     make_demo_data(

@@ -206,7 +206,7 @@ def demo_run(tmp_path_factory, ray_session):
     localization only needs frozen conv layers, not good ones."""
     from convplat.config import PrepareConfig
     from convplat.pipeline import prepare
-    from convplat.pipeline.demo import make_demo_data
+    from convplat.demo import make_demo_data
     from convplat.training.checkpoints import state_dict_bytes
     from convplat.training.models import create_model
 

@@ -11,11 +11,16 @@ import dataclasses
 import inspect
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from rich.console import Console
 
 from convplat.errors import ConfigError
+
+# When the user started waiting (this module loads with the CLI): summaries' rates count the
+# imports and start-up too, not only the work.
+STARTED = time.perf_counter()
 
 console = Console()
 

@@ -16,7 +16,11 @@ def demo_data_command(
     classes: Annotated[int | None, typer.Option(help="ImageNet-like classes (10).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed; same seed, same bytes.")] = None,
     layout: Annotated[
-        str | None, typer.Option(help="folder (ImageFolder) or ilsvrc (Kaggle LOC).")
+        str | None,
+        typer.Option(
+            help="imagefolder (train/<wnid>, val/<wnid>; default; `folder` also accepted) or "
+            "ilsvrc (Kaggle LOC)."
+        ),
     ] = None,
     objects_per_image: Annotated[
         int | None, typer.Option(help="Objects drawn per image (detection; 1).")
@@ -29,7 +33,7 @@ def demo_data_command(
     """Write a small learnable synthetic ImageNet-like set (with boxes), a Caltech-like set and
     a PASCAL-VOC-2012-like multi-label set."""
     values = given(locals())
-    from convplat.pipeline.demo import make_demo_data
+    from convplat.demo import make_demo_data
 
     summary = make_demo_data(**values, progress=True)
     imagenet, caltech = summary["imagenet"], summary["caltech101"]

@@ -63,14 +63,57 @@ def prepare_command(
     ] = None,
     address: options.Address = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for a local Ray instance.")] = None,
+    overwrite: Annotated[
+        bool | None,
+        typer.Option(
+            "--overwrite/--no-overwrite",
+            help="Write into a non-empty directory convplat did not create; its other files are "
+            "left alone and a foreign manifest.json is never overwritten.",
+        ),
+    ] = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default(
+                "Reject images whose header claims more pixels (decompression bombs), before "
+                "decoding.",
+                PrepareConfig,
+                "max_pixels",
+            )
+        ),
+    ] = None,
+    max_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default(
+                "Reject image files larger than this, before reading them.",
+                PrepareConfig,
+                "max_bytes",
+            )
+        ),
+    ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (Ray with --address or from --ray-min-images images, else local "
+            "processes), ray or local."
+        ),
+    ] = None,
+    ray_min_images: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default("With auto, use Ray from this many.", PrepareConfig, "ray_min_images")
+        ),
+    ] = None,
 ) -> None:
     """Decode, rescale and centre-crop a raw dataset into WebDataset shards with Ray tasks."""
     values = given(locals())
+    from convplat.cli.common import STARTED
     from convplat.pipeline import prepare as run_prepare
 
     config = PrepareConfig(**values)
     announce_cluster(config.address)
-    manifest = run_prepare(config)
+    manifest = run_prepare(config, started=STARTED)
     summary = manifest["summary"]
     table = Table(title=f"prepared {manifest['source']} -> {config.out}")
     for column in ("split", "images", "shards"):

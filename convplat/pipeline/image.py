@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from convplat.config.prepare import MAX_BYTES, MAX_PIXELS  # noqa: F401 - image limits live here
 from convplat.errors import ImageDecodeError
 
 JPEG_MAGIC = b"\xff\xd8"
@@ -26,10 +27,9 @@ JPEG_MAGIC = b"\xff\xd8"
 # decoding (every format: simplejpeg's header, or Pillow's, which reads only the header on open).
 # Pillow's own default warning limit (~9459 x 9459): several times the area of the largest
 # ImageNet, Caltech or VOC image, and at most ~1.3 GB of decode buffers in a worker (README).
-MAX_PIXELS = 89_478_485
 # Files larger than this are rejected before they are read (the largest ImageNet JPEGs are a few
 # MB; a q90 JPEG of MAX_PIXELS is ~25-40 MB).
-MAX_BYTES = 64 * 1024 * 1024
+# Both limits are PrepareConfig's defaults (--max-pixels, --max-bytes).
 # Non-JPEG images above this many pixels are box-reduced right after decoding (see _reduce);
 # smaller ones take the exact path, so ordinary PNGs give the same bytes as before.
 REDUCE_ABOVE_PIXELS = 1 << 24

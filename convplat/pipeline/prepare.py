@@ -19,7 +19,7 @@ from dataclasses import asdict
 import numpy as np
 
 import convplat
-from convplat.cluster import RAY_MIN_IMAGES, ensure_ray, fan_out, use_ray
+from convplat.cluster import ensure_ray, fan_out, use_ray
 from convplat.config import PrepareConfig
 from convplat.errors import ConfigError, ConvplatError, DatasetError
 from convplat.pipeline.image import MAX_BYTES, MAX_PIXELS
@@ -72,7 +72,7 @@ def prepare(
     only its own files and never overwrites a foreign manifest.json. ``max_pixels`` (checked
     from each file's header before decoding) and ``max_bytes`` (checked before reading) send
     decompression bombs and huge files to rejected.jsonl; each defaults to the config's field
-    of that name when it has one, else to ``image.MAX_PIXELS`` / ``image.MAX_BYTES``.
+    of that name when it has one, else to the PrepareConfig defaults.
     ``executor`` (``auto``, ``ray``, ``local``; default the config's, else ``auto``) says where
     the shard tasks run (:func:`_executor`). ``started`` is the ``time.perf_counter()`` at which
     the user started waiting (the CLI's start), so the summary's images/s counts start-up too.
@@ -86,11 +86,11 @@ def prepare(
     """
     started = time.perf_counter() if started is None else started
     if executor is None:
-        executor = getattr(config, "executor", None) or "auto"
+        executor = config.executor
     if executor not in ("auto", "ray", "local"):
         raise ConfigError(f"--executor: expected auto, ray or local, got {executor!r}")
     if overwrite is None:
-        overwrite = bool(getattr(config, "overwrite", False))
+        overwrite = config.overwrite
     limits = {
         "max_pixels": _limit("max_pixels", max_pixels, config, MAX_PIXELS),
         "max_bytes": _limit("max_bytes", max_bytes, config, MAX_BYTES),
@@ -125,7 +125,7 @@ def prepare(
 
 def _limit(name: str, given: int | None, config: PrepareConfig, default: int) -> int:
     """The argument if given, else the config's field of that name if it has one, else default."""
-    value = given if given is not None else getattr(config, name, None)
+    value = given if given is not None else getattr(config, name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -262,7 +262,7 @@ def _executor(config: PrepareConfig, executor: str, images: int, shards: int) ->
 
     ``config.ray_min_images`` is read when the config has it (the CLI's ``--ray-min-images``).
     """
-    min_images = getattr(config, "ray_min_images", None) or RAY_MIN_IMAGES
+    min_images = config.ray_min_images
     if use_ray(executor, images, config.address, min_images):
         return "ray"
     if shards == 1 or images < LOCAL_POOL_MIN_IMAGES or _local_workers(config, shards) == 1:
