@@ -65,8 +65,8 @@ def ensure_shards(shards: Path) -> Path:
 
     from convplat.cluster import ensure_ray
     from convplat.config import PrepareConfig
-    from convplat.pipeline import prepare
     from convplat.demo import make_demo_data
+    from convplat.pipeline import prepare
 
     data = WORK / "data"
     make_demo_data(

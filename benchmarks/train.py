@@ -27,8 +27,8 @@ def ensure_shards() -> Path:
         return shards
     from convplat.cluster import ensure_ray
     from convplat.config import PrepareConfig
-    from convplat.pipeline import prepare
     from convplat.demo import make_demo_data
+    from convplat.pipeline import prepare
 
     make_demo_data(out=WORK / "data", classes=10, seed=0)
     ensure_ray()

@@ -355,8 +355,8 @@ def test_regressor_that_does_not_fit_is_a_one_line_config_error(tmp_path):
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory, ray_session):
     from convplat.config import PrepareConfig
-    from convplat.pipeline import prepare
     from convplat.demo import make_demo_data
+    from convplat.pipeline import prepare
 
     root = tmp_path_factory.mktemp("demo")
     make_demo_data(

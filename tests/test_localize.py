@@ -205,8 +205,8 @@ def demo_run(tmp_path_factory, ray_session):
     """Demo shards (3 classes, 2 objects per image) and an untrained AlexNet run on them:
     localization only needs frozen conv layers, not good ones."""
     from convplat.config import PrepareConfig
-    from convplat.pipeline import prepare
     from convplat.demo import make_demo_data
+    from convplat.pipeline import prepare
     from convplat.training.checkpoints import state_dict_bytes
     from convplat.training.models import create_model
 

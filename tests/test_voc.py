@@ -13,9 +13,9 @@ import torch
 from conftest import jpeg_bytes
 from safetensors.torch import load as load_safetensors
 
+from convplat.demo import make_demo_data, voc_class_specs
 from convplat.errors import ConfigError, DatasetError
 from convplat.metrics import average_precision
-from convplat.demo import make_demo_data, voc_class_specs
 from convplat.pipeline.readers import VOC_CLASSES, read_voc
 from convplat.training.checkpoints import state_dict_bytes
 from convplat.training.models import create_model
