@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 # RAY_MIN_IMAGES: below this many images a job runs without Ray (starting Ray, ~3-6 s here,
 # costs more than it saves); the one default of every ``--ray-min-images``.
 from convplat.config.prepare import RAY_MIN_IMAGES
-from convplat.errors import ResourceError
+from convplat.errors import ConvplatError, ResourceError
 
 __all__ = ["RAY_MIN_IMAGES", "cluster_size", "ensure_ray", "fan_out", "use_ray"]
 
@@ -99,7 +99,14 @@ def fan_out(
         ready, _ = ray.wait(list(pending), num_returns=1)
         ref = ready[0]
         key = pending.pop(ref)
-        result = ray.get(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            # A user mistake inside a task (a damaged shard, a full disk): its own one line,
+            # not Ray's wrapper with the worker's traceback.
+            if isinstance(exc.cause, ConvplatError):
+                raise exc.cause from None
+            raise
         del ref, ready
         submit()
         yield key, result

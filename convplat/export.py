@@ -38,7 +38,7 @@ import torch
 
 from convplat.cluster import RAY_MIN_IMAGES, use_ray
 from convplat.config import EXECUTORS
-from convplat.errors import ConfigError, ConvplatError, DatasetError
+from convplat.errors import ConfigError, DatasetError
 from convplat.pipeline.readers import IMAGE_EXTENSIONS, read_dataset
 from convplat.pipeline.shardset import ShardSet, ShardTask, load_stats, read_manifest
 from convplat.storage import Location, resolve
@@ -394,13 +394,7 @@ def _run_ray(
     fn = _shard_task if src.kind == "shards" else _files_task
     extra = (spec, weights_ref) if src.kind == "shards" else (spec, weights_ref, size, quality)
     jobs = ((i, (*args, *extra, part), {}) for i, args, part in _jobs(src, location, meta, chunk))
-    try:
-        yield from fan_out(fn, jobs, num_cpus=1, num_gpus=1 if gpus else 0)
-    except ray.exceptions.RayTaskError as exc:
-        # A damaged shard in a task: the user gets its one line, not the worker's traceback.
-        if isinstance(exc.cause, ConvplatError):
-            raise exc.cause from None
-        raise
+    yield from fan_out(fn, jobs, num_cpus=1, num_gpus=1 if gpus else 0)
 
 
 def _shard_task(uri: str, name: str, count: int, spec: dict, weights: bytes, part: Part) -> dict:

@@ -16,7 +16,7 @@ from torch import nn
 
 from convplat.cluster import RAY_MIN_IMAGES, use_ray
 from convplat.config import EXECUTORS
-from convplat.errors import ConfigError, ConvplatError
+from convplat.errors import ConfigError
 from convplat.visualize.deconv import relu_index
 from convplat.visualize.top import Activation, merge_tops, top_activations, top_of_maps
 
@@ -155,15 +155,9 @@ def _search_ray(
     )
     advance = (lambda: None) if progress is None else _advancer(progress, tasks)
     parts = []
-    try:
-        for _, part in fan_out(search_part, jobs, num_cpus=1):
-            parts.append(part)
-            advance()
-    except ray.exceptions.RayTaskError as exc:
-        # A damaged shard in a task: the user gets its one line, not the worker's traceback.
-        if isinstance(exc.cause, ConvplatError):
-            raise exc.cause from None
-        raise
+    for _, part in fan_out(search_part, jobs, num_cpus=1):
+        parts.append(part)
+        advance()
     return merge_tops(parts, spec["k"])
 
 
