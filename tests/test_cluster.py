@@ -24,3 +24,12 @@ def test_fan_out_returns_every_result_once(ray_session, in_flight):
     jobs = ((i, (str(i),), {"parse_int": lambda s: s * 2}) for i in range(20))
     got = dict(fan_out(json.loads, jobs, max_in_flight=in_flight))
     assert got == {i: str(i) * 2 for i in range(20)}
+
+
+def test_fan_out_raises_a_task_s_user_error_as_itself(ray_session, tmp_path):
+    from convplat.errors import DatasetError
+    from convplat.pipeline.shardset import read_manifest
+
+    with pytest.raises(DatasetError) as info:
+        list(fan_out(read_manifest, [(0, (str(tmp_path / "none"),), {})]))
+    assert "Traceback" not in str(info.value) and str(tmp_path) in str(info.value)
