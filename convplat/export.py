@@ -40,10 +40,10 @@ from convplat.cluster import RAY_MIN_IMAGES, use_ray
 from convplat.config import EXECUTORS
 from convplat.errors import ConfigError, DatasetError
 from convplat.pipeline.readers import IMAGE_EXTENSIONS, read_dataset
-from convplat.pipeline.shardset import ShardSet, ShardTask, load_stats, read_manifest
+from convplat.pipeline.shardset import ShardSet, ShardTask
 from convplat.storage import Location, resolve
 from convplat.transfer.checkpoint import Checkpoint, load_checkpoint
-from convplat.transfer.extract import DEFAULT_QUALITY, extract_chunk, extract_jpegs
+from convplat.transfer.extract import extract_chunk, extract_jpegs
 from convplat.transfer.extractor import POOLS, layer_dims, resolve_layer
 
 METADATA_KEY = b"convplat"
@@ -321,18 +321,7 @@ def _stem(source: str) -> str:
 
 def _mean_and_quality(checkpoint: Checkpoint) -> tuple[np.ndarray, int]:
     """The mean image the run was trained with, and its shards' JPEG quality."""
-    try:
-        mean = np.asarray(load_stats(checkpoint.data)["mean"], np.float32)
-    except DatasetError as exc:
-        raise DatasetError(
-            f"{exc} (the mean image of {checkpoint.run_dir}'s training data is needed to "
-            "preprocess images exactly as in training)"
-        ) from None
-    try:
-        quality = int(read_manifest(checkpoint.data).get("quality", DEFAULT_QUALITY))
-    except DatasetError:
-        quality = DEFAULT_QUALITY
-    return mean, quality
+    return checkpoint.mean_and_quality()
 
 
 def _jobs(

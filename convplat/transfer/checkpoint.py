@@ -4,20 +4,32 @@ or a ``.safetensors`` file inside one, with the configuration the weights were t
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from convplat.errors import ConvplatError
+from convplat.errors import ConvplatError, DatasetError
 from convplat.training.checkpoints import (
     BEST_WEIGHTS,
     FINAL_WEIGHTS,
     latest_checkpoint,
     load_weights,
     read_run_config,
+    state_dict_bytes,
 )
-from convplat.training.models import ConvNet, create_model
+from convplat.training.models import ConvNet
+from convplat.training.models.pretrained import (
+    IMAGENET_MEAN,
+    TORCHVISION_ALEXNET,
+    TORCHVISION_MODEL,
+    build_network,
+    fold_normalisation,
+    load_torchvision_alexnet,
+    torchvision_cache_file,
+)
 
 
 @dataclass(frozen=True)
@@ -42,13 +54,54 @@ class Checkpoint:
     def input_size(self) -> int:
         """The model's crop size (built on the meta device: no weights, no time)."""
         with torch.device("meta"):
-            return create_model(self.model, num_classes=self.num_classes).input_size
+            return build_network(self.model, self.num_classes).input_size
+
+    def mean_and_quality(self) -> tuple[np.ndarray, int]:
+        """The mean image the weights were trained with (subtracted before ``input_scale``)
+        and the JPEG quality to re-encode transfer images with (the shards')."""
+        from convplat.pipeline.shardset import load_stats, read_manifest
+        from convplat.transfer.extract import DEFAULT_QUALITY
+
+        if self.model == TORCHVISION_MODEL:  # torchvision's per-channel mean on 0..255
+            mean = np.asarray(IMAGENET_MEAN, np.float32) * 255
+            return np.broadcast_to(mean, (256, 256, 3)).copy(), DEFAULT_QUALITY
+        try:
+            stats = load_stats(self.data)
+        except DatasetError as exc:
+            raise DatasetError(
+                f"{exc} (the mean image of {self.run_dir}'s training data is needed to "
+                "preprocess the images exactly as in training)"
+            ) from None
+        try:
+            quality = int(read_manifest(self.data).get("quality", DEFAULT_QUALITY))
+        except DatasetError:
+            quality = DEFAULT_QUALITY
+        return np.asarray(stats["mean"], np.float32), quality
 
 
 def build_model(name: str, num_classes: int, weights: bytes) -> ConvNet:
-    model = create_model(name, num_classes=num_classes)
+    model = build_network(name, num_classes)
     load_weights(model, weights)
     return model.eval()
+
+
+def torchvision_checkpoint() -> Checkpoint:
+    """``torchvision:alexnet``: torchvision's ImageNet weights from the torch cache, with its
+    normalisation folded into conv1 (:func:`fold_normalisation`)."""
+    path = torchvision_cache_file()
+    model = fold_normalisation(load_torchvision_alexnet())
+    weights = state_dict_bytes(model)
+    return Checkpoint(
+        run_dir=os.path.dirname(path),
+        file=path,
+        model=TORCHVISION_MODEL,
+        num_classes=1000,
+        input_scale=1 / 255,
+        data="",
+        sha256=hashlib.sha256(weights).hexdigest(),
+        weights=weights,
+        init="kaiming",  # torchvision's own initialisation family, for the scratch baseline
+    )
 
 
 def _run_dir_of(file: Path) -> Path:
@@ -66,7 +119,8 @@ def load_checkpoint(checkpoint: str | None = None, runs: str = "runs") -> Checkp
     """The newest run under ``runs`` (or ``checkpoint``: a run directory or a ``.safetensors``
     file inside one), with its weight bytes and their sha256.
 
-    A run directory contributes ``model.safetensors``, else ``best.safetensors``, else its latest
+    ``torchvision:alexnet`` is torchvision's ImageNet AlexNet from the torch cache. A run
+    directory contributes ``model.safetensors``, else ``best.safetensors``, else its latest
     epoch checkpoint.
 
     Raises:
@@ -74,6 +128,8 @@ def load_checkpoint(checkpoint: str | None = None, runs: str = "runs") -> Checkp
     """
     from convplat.training.checkpoints import newest_run
 
+    if checkpoint == TORCHVISION_ALEXNET:
+        return torchvision_checkpoint()
     if checkpoint is None:
         run_dir = Path(newest_run(runs))
         file = run_dir / FINAL_WEIGHTS

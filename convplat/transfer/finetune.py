@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from convplat.training.augment import BatchTransform, center_window, random_windows
-from convplat.training.models import ConvNet, create_model, reinitialize
+from convplat.training.models import ConvNet, reinitialize
+from convplat.training.models.pretrained import build_network
 from convplat.transfer.checkpoint import Checkpoint
 from convplat.transfer.extract import decode_pixels
 
@@ -42,9 +43,7 @@ def scratch_model(checkpoint: Checkpoint, num_classes: int, seed: int) -> ConvNe
     """
     return seeded(
         seed,
-        lambda: reinitialize(
-            create_model(checkpoint.model, num_classes=num_classes), checkpoint.init
-        ),
+        lambda: reinitialize(build_network(checkpoint.model, num_classes), checkpoint.init),
     )
 
 

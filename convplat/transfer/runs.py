@@ -14,29 +14,14 @@ import numpy as np
 import torch
 
 from convplat.config import TransferConfig
-from convplat.errors import DatasetError
 from convplat.storage import Location, resolve
 from convplat.transfer.checkpoint import Checkpoint
-from convplat.transfer.extract import DEFAULT_QUALITY
 from convplat.transfer.gather import DatasetFeatures, gather
 
 
 def load_mean(checkpoint: Checkpoint) -> tuple[np.ndarray, int]:
     """The ImageNet mean image the checkpoint was trained with, and the shards' JPEG quality."""
-    from convplat.pipeline.shardset import load_stats, read_manifest
-
-    try:
-        stats = load_stats(checkpoint.data)
-    except DatasetError as exc:
-        raise DatasetError(
-            f"{exc} (the mean image of {checkpoint.run_dir}'s training data is needed to "
-            "preprocess the transfer images exactly as in training)"
-        ) from None
-    try:
-        quality = int(read_manifest(checkpoint.data).get("quality", DEFAULT_QUALITY))
-    except DatasetError:
-        quality = DEFAULT_QUALITY
-    return np.asarray(stats["mean"], np.float32), quality
+    return checkpoint.mean_and_quality()
 
 
 def run_location(config: TransferConfig) -> Location:

@@ -102,3 +102,27 @@ def load_torchvision_alexnet() -> TorchvisionAlexNet:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConvplatError(f"{path}: not a torchvision AlexNet state dict ({reason})") from None
     return model.eval()
+
+
+TORCHVISION_MODEL = "torchvision_alexnet"  # the model name a torchvision checkpoint records
+
+
+def build_network(name: str, num_classes: int = 1000) -> ConvNet:
+    """The registry's ``name``, or torchvision's AlexNet architecture for a checkpoint that
+    came from torchvision (not in the registry: it is not one of the papers' networks)."""
+    from convplat.training.models import create_model
+
+    if name == TORCHVISION_MODEL:
+        return TorchvisionAlexNet(num_classes)
+    return create_model(name, num_classes=num_classes)
+
+
+def fold_normalisation(model: TorchvisionAlexNet) -> TorchvisionAlexNet:
+    """Put torchvision's per-channel ``/ std`` into conv1's weights (exact: conv1 is linear in
+    its input), so convplat's pipeline — ``(pixels - mean image) * input_scale`` with the
+    mean image ``255 * IMAGENET_MEAN`` and ``input_scale = 1/255`` — feeds the network what
+    torchvision's ``Normalize`` would."""
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        model.features[0].weight /= std
+    return model
