@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -135,24 +136,35 @@ def test_a_full_disk_inside_a_wrapper_is_found(monkeypatch, capsys):
     assert "disk full" in capsys.readouterr().err
 
 
-def test_a_ray_start_up_failure_is_one_line(monkeypatch, capsys):
-    import ray
-    import ray._private.node
+_RAY_TIMES_OUT = """
+import sys, ray, ray._private.node
+import convplat.training.models as models
+from convplat.cli.main import main
 
-    def timed_out(self, *args, **kwargs):
-        raise Exception("The current node timed out during startup.")  # Ray's own words
+def timed_out(self, *args, **kwargs):
+    raise Exception("The current node timed out during startup.")  # Ray's own words
 
-    monkeypatch.setattr(ray._private.node.Node, "__init__", timed_out)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    import convplat.training.models as models
+ray._private.node.Node.__init__ = timed_out
+models.describe_models = lambda: ray.init(num_cpus=1)
+code = main(["models"])
+print("initialized" if ray.is_initialized() else "not initialized")
+sys.exit(code)
+"""
 
-    monkeypatch.setattr(models, "describe_models", lambda: ray.init(num_cpus=1))
-    assert main(["models"]) == 2
-    err = capsys.readouterr().err  # (Ray itself may log a warning line first)
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("convplat: error: Ray did not start")
-    assert "timed out during startup" in err
-    assert not ray.is_initialized()
+
+def test_a_ray_start_up_failure_is_one_line():
+    # In its own process: this session's tests share one running Ray, and a second
+    # ray.init there fails for another reason.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", _RAY_TIMES_OUT], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr  # (Ray itself may log a warning line first)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("convplat: error: Ray did not start")
+    assert "timed out during startup" in last
+    assert done.stdout.strip() == "not initialized"
 
 
 def test_a_ray_task_error_shows_the_users_mistake_not_the_worker_traceback(monkeypatch, capsys):
