@@ -88,37 +88,33 @@ def _rows(n: int, column: int) -> slice:
 
 
 class _GatherColumns(torch.autograd.Function):
-    """Forward: both columns' slices, concatenated. Backward: each rank's downstream layers
-    used the whole tensor, so this rank's slice gets the sum of both ranks' gradients."""
+    """Forward: both columns' slices, concatenated along dim 1.
+
+    Backward: each rank's downstream layers used the whole tensor, so this rank's slice gets
+    the sum of both ranks' gradients. With ``replicated`` (the logits: both ranks compute the
+    same loss from them) each rank already holds the full gradient of its slice, and summing
+    would count it twice.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, grid: ColumnGrid, widths: tuple[int, ...]):
-        ctx.grid, ctx.widths = grid, widths
+    def forward(ctx, x: torch.Tensor, grid: ColumnGrid, widths: tuple[int, ...], replicated):
+        ctx.grid, ctx.widths, ctx.replicated = grid, widths, replicated
         return _all_gather(x, grid, widths, "forward")
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grid, widths = ctx.grid, ctx.widths
         grad = grad.contiguous()
-        dist.all_reduce(grad, group=grid.column_group)
-        grid.traffic["backward"] += grad.numel() * grad.element_size()
+        if not ctx.replicated:
+            dist.all_reduce(grad, group=grid.column_group)
+            grid.traffic["backward"] += grad.numel() * grad.element_size()
         start = sum(widths[: grid.column])
-        return grad.narrow(1, start, widths[grid.column]), None, None
+        return grad.narrow(1, start, widths[grid.column]).contiguous(), None, None, None
 
 
-class _GatherReplicated(torch.autograd.Function):
-    """The logits: both ranks compute the same loss from the gathered tensor, so each rank's
-    slice already has its full gradient locally; summing would count it twice."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, grid: ColumnGrid, widths: tuple[int, ...]):
-        ctx.grid, ctx.widths = grid, widths
-        return _all_gather(x, grid, widths, "forward")
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        start = sum(ctx.widths[: ctx.grid.column])
-        return grad.narrow(1, start, ctx.widths[ctx.grid.column]).contiguous(), None, None
+def gather_columns(x: torch.Tensor, grid: ColumnGrid, widths, replicated: bool = False):
+    """Autograd-aware all-gather of the pair's column slices (see :class:`_GatherColumns`)."""
+    return _GatherColumns.apply(x, grid, tuple(widths), replicated)
 
 
 def _all_gather(x: torch.Tensor, grid: ColumnGrid, widths: tuple[int, ...], kind: str):
@@ -205,16 +201,16 @@ class ColumnAlexNet(nn.Module):
         """(B, 3, 224, 224), the same batch on both ranks -> the full logits (B, classes)."""
         w = self._widths
         x = self.features[:CONV3](images)  # (B, 128, 13, 13): this column's conv2 maps
-        x = _GatherColumns.apply(x, self.grid, w["conv3"])  # (B, 256, 13, 13)
+        x = gather_columns(x, self.grid, w["conv3"])  # (B, 256, 13, 13)
         x = self.features[CONV3:](x)  # (B, 128, 6, 6): this column's conv5 maps
-        x = _GatherColumns.apply(x, self.grid, w["fc6"])  # (B, 256, 6, 6)
+        x = gather_columns(x, self.grid, w["fc6"])  # (B, 256, 6, 6)
         x = torch.flatten(x, 1)  # (B, 9216) in the full model's order
         x = self.classifier[0:3](x)  # fc6 half, ReLU, dropout (B, 2048)
-        x = _GatherColumns.apply(x, self.grid, w["fc7"])
+        x = gather_columns(x, self.grid, w["fc7"])
         x = self.classifier[3:6](x)  # fc7 half (B, 2048)
-        x = _GatherColumns.apply(x, self.grid, w["fc8"])
+        x = gather_columns(x, self.grid, w["fc8"])
         x = self.classifier[6](x)  # fc8 half (B, classes / 2)
-        return _GatherReplicated.apply(x, self.grid, w["logits"])
+        return gather_columns(x, self.grid, w["logits"], replicated=True)
 
 
 def average_gradients(model: nn.Module, grid: ColumnGrid) -> None:
