@@ -15,7 +15,7 @@ to all the scale's windows; the dense pass always covers the whole map.
 The baseline is exact, not a straw man: a bare 221x221 crop of a window does not give the
 dense score at that location, because the accurate model's conv3-conv6 pad by 1 and a crop's
 padding replaces real neighbours near its edges. So each window is cropped with the context
-its receptive field reads (`convplat.localize.dense.window_crop`: the window widened by the
+its receptive field reads (`convplat.training.dense.window_crop`: the window widened by the
 padded layers' reach, clipped to the image and started on the 12-pixel unpooled grid, so the
 crop's cells are the image's cells), the whole network runs on the crop, and the final pool
 and the ordinary classifier run on the window's own unpooled cells. Crops of the same shape
@@ -40,7 +40,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-from convplat.localize.dense import dense_map, parse_scales, window_crop
+from convplat.training.dense import dense_map, parse_scales, window_crop
 from convplat.training.models import create_model, reinitialize
 
 TARGET = 10.0

@@ -25,7 +25,7 @@ from convplat.localize import (
     window_boxes,
     window_step,
 )
-from convplat.localize.dense import parse_scales, scaled_size, window_crop, window_logits
+from convplat.training.dense import parse_scales, scaled_size, window_crop, window_logits
 from convplat.training.models import ConvNet, create_model, list_models, reinitialize
 
 # (unpooled stride, final pool stride) of every registered family.

@@ -15,7 +15,6 @@ from torch import nn
 from convplat.cli.main import main
 from convplat.config.localize import DetectConfig
 from convplat.localize.boxes import box_iou
-from convplat.localize.dense import offset_count, window_step
 from convplat.localize.detect_eval import detect_image
 from convplat.localize.detect_model import add_background_class
 from convplat.localize.detection_data import (
@@ -31,6 +30,7 @@ from convplat.localize.multiscale import build_regressor
 from convplat.localize.regressor import BoxRegressor
 from convplat.metrics import DetectionAP, match_detections
 from convplat.training.checkpoints import state_dict_bytes
+from convplat.training.dense import offset_count, window_step
 from convplat.training.models import create_model, reinitialize
 
 
@@ -209,7 +209,7 @@ def test_training_patches_give_the_dense_map_logits(alexnet, stride):
         head = model.forward_head(patches)  # (L, 4)
         dense = score_maps(model, x.unsqueeze(0), stride)[1][0].flatten(1).T  # (h'w', 4), scale 256
     # Every patch's logits are one of the scale-256 or scale-300 dense locations' logits.
-    from convplat.localize.dense import rescale, scaled_size
+    from convplat.training.dense import rescale, scaled_size
 
     x300 = rescale(x, scaled_size(256, 288, 300)).unsqueeze(0)
     with torch.no_grad():
@@ -296,11 +296,11 @@ def test_fixed_box_regressor_moves_every_detection_to_that_box(alexnet):
 def test_regressor_boxes_reuse_the_class_maps_conv_pass(alexnet):
     """detect runs the conv layers once per scale: the regressor applied to ``score_maps``'
     pooled maps gives exactly the boxes of ``run_scale``, which runs its own conv pass."""
-    from convplat.localize.dense import rescale, scaled_size
     from convplat.localize.detect_eval import regressed_boxes
     from convplat.localize.detection_data import to_frame
     from convplat.localize.multiscale import run_scale
     from convplat.localize.regressor import to_image_boxes
+    from convplat.training.dense import rescale, scaled_size
 
     model, background = _detector(alexnet)
     torch.manual_seed(4)

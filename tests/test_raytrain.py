@@ -12,7 +12,9 @@ import pytest
 from convplat.config import TrainConfig
 from convplat.errors import ConfigError, ConvplatError
 from convplat.localize.localize import OUT_DIR, WEIGHTS, clear_outputs, output_dir
-from convplat.raytrain import (
+from convplat.storage import resolve
+from convplat.training.checkpoints import load_run_model
+from convplat.training.raytrain import (
     TrainingError,
     Worker,
     build_optimizer,
@@ -22,8 +24,6 @@ from convplat.raytrain import (
     run_name,
     run_trainer,
 )
-from convplat.storage import resolve
-from convplat.training.checkpoints import load_run_model
 from convplat.training.trainer import resume_config
 
 

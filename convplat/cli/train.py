@@ -88,3 +88,8 @@ def train_command(
     announce_cluster(cfg.address)
     run_dir = fit(cfg, resume=resume)
     console.print(f"run written to {run_dir}")
+    if cfg.report:
+        from convplat.report import write_report
+
+        # The workers counted the last epoch's confusion matrix: no second pass here.
+        console.print(f"report: {write_report(run_dir, confusion=False)}", markup=False)

@@ -71,7 +71,7 @@ class TrainConfig(WorkerScale):
     recipe: str = ""
     init: str = "paper"  # "paper" (the builders' published init) or "kaiming" (demo preset)
     parallel: str = "data"  # "data" (DDP) or "columns" (AlexNet §3.2: one column per worker)
-    report: bool = True  # write RUN/report.html at the end
+    report: bool = True  # `convplat train` writes RUN/report.html at the end
 
     @property
     def data_world_size(self) -> int:

@@ -1,4 +1,5 @@
-"""OverFeat (Sermanet et al. 2014): dense multi-scale scoring and offset pooling (dense.py),
+"""OverFeat (Sermanet et al. 2014): dense multi-scale scoring and offset pooling
+(``convplat.training.dense``, shared with `convplat evaluate --mode dense`, re-exported here),
 box utilities and the greedy merge (boxes.py), the regressor at several scales
 (multiscale.py), localization (localize.py trains, localize_eval.py scores) and detection
 (detect.py trains, detect_eval.py scores); their settings are config.py. Localization and
@@ -7,7 +8,11 @@ detection build on ``offset_pool`` / ``interleave`` / ``window_boxes``.
 
 from convplat.config.localize import DetectConfig, LocalizeConfig
 from convplat.localize.boxes import box_iou, box_merge, greedy_merge, match_score
-from convplat.localize.dense import (
+from convplat.localize.detect import train_detector
+from convplat.localize.detect_eval import evaluate_detector
+from convplat.localize.localize import train_localizer
+from convplat.localize.localize_eval import evaluate_localizer
+from convplat.training.dense import (
     PAPER_SCALES,
     PAPER_TABLE_SIZES,
     STRIDES,
@@ -24,10 +29,6 @@ from convplat.localize.dense import (
     window_logits,
     window_step,
 )
-from convplat.localize.detect import train_detector
-from convplat.localize.detect_eval import evaluate_detector
-from convplat.localize.localize import train_localizer
-from convplat.localize.localize_eval import evaluate_localizer
 
 __all__ = [
     "DetectConfig",

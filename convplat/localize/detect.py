@@ -31,15 +31,6 @@ from convplat.localize.detection_data import (
     training_windows,
     whole_image_input,
 )
-from convplat.raytrain import (
-    Worker,
-    build_optimizer,
-    check_finite,
-    check_scaling,
-    new_run_dir,
-    run_name,
-    run_trainer,
-)
 from convplat.storage import resolve
 from convplat.training.checkpoints import (
     FINAL_WEIGHTS,
@@ -47,6 +38,15 @@ from convplat.training.checkpoints import (
     read_run_config,
     write_json,
     write_jsonl,
+)
+from convplat.training.raytrain import (
+    Worker,
+    build_optimizer,
+    check_finite,
+    check_scaling,
+    new_run_dir,
+    run_name,
+    run_trainer,
 )
 
 TASK = "detect"

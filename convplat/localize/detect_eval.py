@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from convplat.errors import ConfigError, DatasetError
 from convplat.localize.boxes import greedy_merge
-from convplat.localize.dense import STRIDES, rescale, scaled_size, window_boxes
 from convplat.localize.detect import TASK
 from convplat.localize.detection_data import eval_samples, score_maps, to_frame, whole_image_input
 from convplat.localize.localize import WEIGHTS, output_dir
@@ -31,6 +30,7 @@ from convplat.localize.regressor import to_image_boxes
 from convplat.metrics import IOU_THRESHOLD, DetectionAP
 from convplat.storage import resolve
 from convplat.training.checkpoints import load_run_model, load_weights, read_run_config, write_json
+from convplat.training.dense import STRIDES, rescale, scaled_size, window_boxes
 
 
 def regressed_boxes(

@@ -21,14 +21,6 @@ from torch import Tensor, nn
 
 from convplat.errors import DatasetError
 from convplat.localize.boxes import box_iou
-from convplat.localize.dense import (
-    interleave,
-    offset_count,
-    offset_pool,
-    rescale,
-    scaled_size,
-    window_boxes,
-)
 from convplat.pipeline.shardset import (
     WITH_METADATA,
     ShardTask,
@@ -37,6 +29,14 @@ from convplat.pipeline.shardset import (
     split_shards,
 )
 from convplat.storage import Location, resolve
+from convplat.training.dense import (
+    interleave,
+    offset_count,
+    offset_pool,
+    rescale,
+    scaled_size,
+    window_boxes,
+)
 
 IGNORE = -1  # window label: neither object nor background (left out of the loss)
 

@@ -29,7 +29,9 @@ from convplat.localize.multiscale import (
     mirror,
     regression_loss,
 )
-from convplat.raytrain import (
+from convplat.storage import Location, resolve
+from convplat.training.checkpoints import read_run_config, write_json, write_jsonl
+from convplat.training.raytrain import (
     CHECKPOINTS,
     ERROR_LOG,
     Worker,
@@ -39,8 +41,6 @@ from convplat.raytrain import (
     claim_dir,
     run_trainer,
 )
-from convplat.storage import Location, resolve
-from convplat.training.checkpoints import read_run_config, write_json, write_jsonl
 
 OUT_DIR = "localize"
 WEIGHTS = "regressor.safetensors"

@@ -16,12 +16,12 @@ from torch import Tensor, nn
 
 from convplat.errors import ConfigError, ConvplatError
 from convplat.localize.boxes import box_iou, greedy_merge
-from convplat.localize.dense import STRIDES
 from convplat.localize.localize import WEIGHTS, output_dir
 from convplat.localize.multiscale import build_regressor, frames_to_inputs, freeze_all, run_scale
 from convplat.localize.regressor import BoxRegressor, to_image_boxes
 from convplat.storage import resolve
 from convplat.training.checkpoints import load_weights, write_json
+from convplat.training.dense import STRIDES
 
 
 @dataclass

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convplat.errors import ConfigError
-from convplat.localize.dense import interleave, offset_pool, scaled_size, window_boxes
 from convplat.localize.regressor import BoxRegressor, window_targets
+from convplat.training.dense import interleave, offset_pool, scaled_size, window_boxes
 
 
 def last_conv_channels(model: nn.Module) -> int:

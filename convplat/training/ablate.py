@@ -93,7 +93,7 @@ def ablate(
     Returns:
         The table: ``dir``, ``parallel``, ``rows`` (one dict per variant, in the given order).
     """
-    from convplat.raytrain import check_scaling, new_run_dir, run_name
+    from convplat.training.raytrain import check_scaling, new_run_dir, run_name
 
     names = expand_variants(variants)
     if parallel < 0:
@@ -155,8 +155,8 @@ def _pending_row(name: str) -> dict:
 
 def _train_and_score(config: TrainConfig, train_error: bool, batch_size: int) -> dict:
     """One variant: fit, then centre-crop error of the final weights on train and val."""
-    from convplat.raytrain import TrainingError
     from convplat.training.evaluate import evaluate
+    from convplat.training.raytrain import TrainingError
     from convplat.training.trainer import fit
 
     started = time.perf_counter()

@@ -18,8 +18,8 @@ from torch import nn
 
 from convplat.config.shared import WEIGHTS_CHOICES
 from convplat.errors import ConfigError, ConvplatError
-from convplat.raytrain import CHECKPOINTS
 from convplat.storage import Location, resolve
+from convplat.training.raytrain import CHECKPOINTS
 
 __all__ = ["CHECKPOINTS", "BEST_WEIGHTS", "FINAL_WEIGHTS", "LATEST", "WEIGHTS_CHOICES"]
 FINAL_WEIGHTS = "model.safetensors"

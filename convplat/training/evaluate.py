@@ -1,7 +1,7 @@
 """`convplat evaluate RUN`: top-1/top-5 error of a trained run, centre, ten-crop or dense.
 
 Runs in the calling process (one device); every validation sample is counted exactly once.
-Dense mode (OverFeat §3.3, ``convplat.localize.dense``) reads whole images at full resolution:
+Dense mode (OverFeat §3.3, ``convplat.training.dense``) reads whole images at full resolution:
 by default from the raw dataset tree the shards were prepared from (``source="raw"``), or
 from the shards themselves when they were prepared large enough (``--size`` >= the largest
 scale, ideally ``--no-crop`` to keep the paper's whole field of view).
@@ -44,7 +44,7 @@ def evaluate(
     ``center``: the central crop of the model's input size; ``ten-crop``: four corners and
     the centre plus their mirror images, softmax outputs averaged (AlexNet §4.1); ``dense``:
     OverFeat's multi-scale dense scores at ``scales`` (shorter sides or H x W, see
-    :func:`convplat.localize.dense.parse_scales`) with ``stride`` fine|coarse offset pooling
+    :func:`convplat.training.dense.parse_scales`) with ``stride`` fine|coarse offset pooling
     and ``flip``, from ``source`` (``raw``: the tree the shards were prepared from, ``shards``:
     the shards, or a dataset directory). Dense mode normalises with the per-channel mean
     (``rgb_mean`` of stats.npz): the 256x256 per-pixel mean image has no counterpart at other
@@ -59,7 +59,7 @@ def evaluate(
     if mode not in MODES:
         raise ConfigError(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
     if mode == "dense":  # before the model is loaded: a typo fails at once
-        from convplat.localize.dense import STRIDES, parse_scales
+        from convplat.training.dense import STRIDES, parse_scales
 
         scales = parse_scales(scales)
         if stride not in STRIDES:
@@ -118,9 +118,9 @@ def _evaluate_dense(
     model, config, shards, stats, split, device, scales, stride, flip, source, progress
 ) -> dict:
     """OverFeat §3.3 scores per image (``dense_scores``), then top-1/top-5 over the split."""
-    from convplat.localize.dense import dense_scores, parse_scales
     from convplat.pipeline.shardset import read_manifest
     from convplat.progress import progress_bar
+    from convplat.training.dense import dense_scores, parse_scales
     from convplat.training.loop import topk_correct
 
     scale_list = parse_scales(scales)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from convplat.raytrain import check_finite
+from convplat.training.raytrain import check_finite
 
 
 def topk_correct(

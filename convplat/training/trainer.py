@@ -3,7 +3,7 @@
 The worker loop is a plain PyTorch loop rebuilt from a dict (`TrainConfig(**d)`); the Ray
 Train wiring it shares with localization and detection (resume from
 `ray.train.get_checkpoint()`, seeds, the one report per epoch, rank-0 outputs, the driver's
-progress bar) is :mod:`convplat.raytrain`.
+progress bar) is :mod:`convplat.training.raytrain`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,6 @@ import torch
 
 from convplat.config import TrainConfig
 from convplat.errors import DatasetError
-from convplat.raytrain import (
-    Worker,
-    build_optimizer,
-    check_scaling,
-    new_run_dir,
-    run_name,
-    run_trainer,
-)
 from convplat.storage import resolve
 from convplat.training.checkpoints import (
     BEST_WEIGHTS,
@@ -33,6 +25,14 @@ from convplat.training.checkpoints import (
     state_dict_bytes,
     write_json,
     write_jsonl,
+)
+from convplat.training.raytrain import (
+    Worker,
+    build_optimizer,
+    check_scaling,
+    new_run_dir,
+    run_name,
+    run_trainer,
 )
 
 # What `--resume` can change in a run; anything else would train another run in its
@@ -92,10 +92,6 @@ def fit(config: TrainConfig, resume: str | None = None) -> str:
         storage=run.uri,
         scaling=scaling,
     )
-    if config.report:
-        from convplat.report import write_report
-
-        write_report(run.uri, confusion=False)  # the workers wrote the confusion counts
     return run.uri
 
 
