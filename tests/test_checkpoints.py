@@ -37,3 +37,16 @@ def test_newest_run_without_classifier_runs_is_a_user_error(tmp_path: Path) -> N
     (tmp_path / "broken" / FINAL_WEIGHTS).write_bytes(b"x")
     with pytest.raises(ConvplatError, match="no trained run"):
         newest_run(str(tmp_path))
+
+
+def test_damaged_or_foreign_weights_are_one_line():
+    from torch import nn
+
+    from convplat.errors import ConvplatError
+    from convplat.training.checkpoints import load_weights, state_dict_bytes
+
+    data = state_dict_bytes(nn.Linear(4, 3))
+    with pytest.raises(ConvplatError, match="run/model.safetensors: not a safetensors file"):
+        load_weights(nn.Linear(4, 3), data[:40], "run/model.safetensors")
+    with pytest.raises(ConvplatError, match="weights do not fit Linear"):
+        load_weights(nn.Linear(5, 3), data, "run/model.safetensors")

@@ -164,7 +164,7 @@ def load_detection_regressor(config: dict, choice: str | None) -> tuple[nn.Modul
         create_model(record["model"], num_classes=record["num_classes"]), record
     )
     try:
-        load_weights(regressor, directory.read_bytes(WEIGHTS))
+        load_weights(regressor, directory.read_bytes(WEIGHTS), directory.child(WEIGHTS).uri)
     except (RuntimeError, SafetensorError) as exc:  # wrong shapes (feature size) or a bad file
         reason = " ".join(str(exc).split())[:300]
         raise ConfigError(

@@ -140,7 +140,7 @@ def evaluate_localizer(
     model, run_config = load_run_model(run, record["weights"])
     model = freeze_all(model).to(target)
     regressor = build_regressor(model, record)
-    load_weights(regressor, location.read_bytes(WEIGHTS))
+    load_weights(regressor, location.read_bytes(WEIGHTS), location.child(WEIGHTS).uri)
     regressor = regressor.to(target).eval()
     shards = data or record["data"]
     transform = BatchTransform.from_stats(

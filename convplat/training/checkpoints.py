@@ -34,10 +34,28 @@ def state_dict_bytes(model: nn.Module) -> bytes:
     return save_safetensors(tensors)
 
 
-def load_weights(model: nn.Module, data: bytes) -> nn.Module:
-    """Load safetensors bytes into ``model`` (strict: names and shapes must match)."""
-    model.load_state_dict(load_safetensors(data))
+def load_weights(model: nn.Module, data: bytes, source: str = "weights") -> nn.Module:
+    """Load safetensors bytes into ``model`` (strict: names and shapes must match).
+
+    A truncated or foreign file, or weights of another architecture, is one ConvplatError
+    line naming ``source`` (the file), not a safetensors or PyTorch traceback.
+    """
+    try:
+        state = load_safetensors(data)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError is not importable by name
+        raise ConvplatError(f"{source}: not a safetensors file ({_first_line(exc)})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConvplatError(
+            f"{source}: weights do not fit {type(model).__name__} ({_first_line(exc)})"
+        ) from None
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def save_training_state(
@@ -67,7 +85,7 @@ def load_training_state(
 ) -> dict:
     """Restore a checkpoint written by :func:`save_training_state`; returns its meta."""
     directory = Path(directory)
-    load_weights(model, (directory / FINAL_WEIGHTS).read_bytes())
+    load_weights(model, (directory / FINAL_WEIGHTS).read_bytes(), str(directory / FINAL_WEIGHTS))
     state = torch.load(directory / "state.pt", weights_only=True, map_location="cpu")
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -163,5 +181,5 @@ def load_run_model(run_dir: str, weights: str = "final") -> tuple[nn.Module, dic
                 raise ConvplatError(f"{run_dir} has no {name} and no checkpoint")
             name = fallback[len(location.path) + 1 :] + "/" + FINAL_WEIGHTS
     model = create_model(config["model"], num_classes=config["num_classes"])
-    load_weights(model, location.read_bytes(name))
+    load_weights(model, location.read_bytes(name), location.child(name).uri)
     return model.eval(), config

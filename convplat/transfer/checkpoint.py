@@ -81,7 +81,7 @@ class Checkpoint:
 
 def build_model(name: str, num_classes: int, weights: bytes) -> ConvNet:
     model = build_network(name, num_classes)
-    load_weights(model, weights)
+    load_weights(model, weights, f"{name} weights")
     return model.eval()
 
 

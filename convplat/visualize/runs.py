@@ -188,7 +188,9 @@ def run_evolution(
     models = []
     for _, weights in checkpoints:
         model = create_model(config["model"], num_classes=config["num_classes"])
-        models.append(load_weights(model, location.read_bytes(weights)).eval())
+        models.append(
+            load_weights(model, location.read_bytes(weights), location.child(weights).uri).eval()
+        )
     size = models[0].input_size
     figure = evolution_figure(
         models, lambda: val_batches(config, size, batch_size, data), layer, maps
