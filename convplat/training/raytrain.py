@@ -173,9 +173,9 @@ def run_trainer(
 
     Checkpoints go under ``<storage>/checkpoints`` (constructing the trainer again with the
     same storage resumes, as Ray Train V2 wants); the loop gets ``loop_config`` plus
-    ``run_dir`` (``storage``) and ``progress`` (the queue rank 0 feeds the bar here). A failure
-    becomes one :class:`TrainingError` line naming ``<storage>/error.log``, which holds every
-    worker's full traceback.
+    ``run_dir`` (``storage``) and ``progress_queue`` (the queue rank 0 feeds the bar here). A
+    failure becomes one :class:`TrainingError` line naming ``<storage>/error.log``, which holds
+    every worker's full traceback.
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -186,7 +186,7 @@ def run_trainer(
     progress = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         loop,
-        train_loop_config={**loop_config, "run_dir": storage, "progress": progress},
+        train_loop_config={**loop_config, "run_dir": storage, "progress_queue": progress},
         scaling_config=scaling,
         run_config=RunConfig(
             name=CHECKPOINTS,
@@ -330,7 +330,7 @@ class Worker:
             world_size=context.get_world_size(),
             device=ray.train.torch.get_device(),
             run=resolve(loop_config["run_dir"]),
-            queue=loop_config["progress"],
+            queue=loop_config["progress_queue"],
             seed=seed,
         )
 
