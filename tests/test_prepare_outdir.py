@@ -167,3 +167,37 @@ def test_names_that_are_not_utf8_are_kept_with_a_display_form(tmp_path, ray_sess
     assert "caf\\xe9" in {c["wnid"] for c in manifest["classes"]}
     rejected = (out / "rejected.jsonl").read_text()
     assert "bad\\\\xfe.jpg" in rejected
+
+
+def test_shards_a_cluster_wrote_elsewhere_are_one_line(tmp_path):
+    """With --address and a local --out, shards written on other nodes' disks are missing
+    here: prepare says so instead of writing a manifest over nothing."""
+    from types import SimpleNamespace
+
+    from convplat.storage import resolve
+
+    _check_visible = prepare_module._check_visible
+
+    (tmp_path / "train-000000.tar").write_bytes(b"x")
+    todo = [SimpleNamespace(name="train-000000.tar"), SimpleNamespace(name="train-000001.tar")]
+    with pytest.raises(OutputError, match="1 shard.*train-000001.tar.*shares"):
+        _check_visible(resolve(tmp_path), todo)
+    _check_visible(resolve(tmp_path), todo[:1])
+
+
+def test_tasks_get_the_resolved_out(tmp_path, monkeypatch):
+    """A relative --out reaches the tasks as an absolute path (each node's own working
+    directory would otherwise decide where its shards go)."""
+    module = prepare_module
+    seen = []
+    real = module.run_local
+
+    def spy(todo, out, options, workers):
+        seen.append(out)
+        return real(todo, out, options, workers)
+
+    monkeypatch.setattr(module, "run_local", spy)
+    monkeypatch.chdir(tmp_path)
+    make_imagenet_tree(tmp_path / "raw", classes=2, train_per_class=3, val_per_class=1)
+    module.prepare(PrepareConfig(source="raw", out="rel", size=16, shard_size=4, progress=False))
+    assert seen == [str(tmp_path / "rel")]

@@ -9,6 +9,7 @@ before any shard changes, shards outside the plan are removed, and the manifest 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -21,13 +22,14 @@ import numpy as np
 import convplat
 from convplat.cluster import ensure_ray, fan_out, use_ray
 from convplat.config import PrepareConfig
-from convplat.errors import ConfigError, ConvplatError, DatasetError
+from convplat.errors import ConfigError, DatasetError
 from convplat.pipeline.image import MAX_BYTES, MAX_PIXELS
 from convplat.pipeline.index import INDEX_SCHEMA, IndexWriter
 from convplat.pipeline.local import LOCAL_POOL_MIN_IMAGES, run_local
 from convplat.pipeline.outdir import (
     MANIFEST,
     PARTS_DIR,
+    OutputError,
     claim,
     locked,
     mark_owned,
@@ -50,7 +52,7 @@ from convplat.pipeline.shards import (
 )
 from convplat.pipeline.stats import add_partial, finalize, merge_partials
 from convplat.progress import progress_bar
-from convplat.storage import resolve
+from convplat.storage import Location, resolve
 
 FORMAT_VERSION = 1
 __all__ = ["FORMAT_VERSION", "INDEX_SCHEMA", "prepare"]
@@ -85,6 +87,8 @@ def prepare(
         OutputError: ``--out`` is a file, foreign, locked by another run, or cannot be written.
     """
     started = time.perf_counter() if started is None else started
+    # Tasks may run on other nodes, in other working directories: they get the resolved URI.
+    config = dataclasses.replace(config, out=resolve(config.out).uri)
     if executor is None:
         executor = config.executor
     if executor not in ("auto", "ray", "local"):
@@ -178,6 +182,7 @@ def _prepare_locked(config, listing, options, specs, digests, location, started,
         ran = "none"
         if todo:
             ran = _run_tasks(todo, config, executor, options, collect, len(specs), kept)
+            _check_visible(location, todo)
         train_infos = [i for i in infos.values() if i.split == "train"]
         if sum(i.count for i in train_infos) == 0:
             raise DatasetError(
@@ -212,6 +217,18 @@ def _prepare_locked(config, listing, options, specs, digests, location, started,
     return manifest
 
 
+def _check_visible(location: Location, todo: list[ShardSpec]) -> None:
+    """Shards that tasks on other nodes wrote to their own local disks are not here: say so
+    (a cluster needs ``--out`` on shared storage: a URI or a mount every node shares)."""
+    missing = [spec.name for spec in todo if not location.exists(spec.name)]
+    if missing:
+        raise OutputError(
+            f"{len(missing)} shard(s) written by the cluster's tasks are not visible under "
+            f"{location.uri} (e.g. {missing[0]}): with --address, --out must be storage every "
+            "node shares (an s3://, gs://, hdfs:// URI or a shared mount)"
+        )
+
+
 def _run_tasks(
     todo: list[ShardSpec],
     config: PrepareConfig,
@@ -236,22 +253,13 @@ def _run_tasks(
     processed = 0
     with progress_bar(enabled=config.progress) as bar:
         shard_task = bar.add_task("shards", total=total, completed=done, rate="")
-        try:
-            for spec, (info, stats) in results:
-                collect(info, stats)
-                del info, stats
-                processed += len(spec.items)
-                rate = processed / max(time.perf_counter() - started, 1e-9)
-                bar.update(
-                    shard_task, advance=1, rate=f"{rate:,.0f} images/s ({processed}/{images})"
-                )
-        except ConvplatError as exc:
-            # A task's OutputError arrives wrapped in Ray's RayTaskError (whose text is the
-            # whole remote traceback); the user gets the task's own one line.
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, ConvplatError):
-                raise cause from None
-            raise
+        # (fan_out re-raises a task's OutputError as itself, not Ray's wrapper.)
+        for spec, (info, stats) in results:
+            collect(info, stats)
+            del info, stats
+            processed += len(spec.items)
+            rate = processed / max(time.perf_counter() - started, 1e-9)
+            bar.update(shard_task, advance=1, rate=f"{rate:,.0f} images/s ({processed}/{images})")
     return executor
 
 
