@@ -19,6 +19,7 @@ demo: install
 	$(BIN)/convplat prepare --shard-size 100
 	$(BIN)/convplat train alexnet --config demo --workers 2
 	$(BIN)/convplat evaluate --mode ten-crop
+	$(BIN)/convplat report
 	$(BIN)/convplat transfer caltech101 --train-per-class 15 --test-per-class 15 --splits 3 --mode head,scratch
 	$(BIN)/convplat transfer voc2012 --mode head
 

@@ -36,15 +36,15 @@ def write_report(run: str, *, confusion: bool = True, max_batches: int | None = 
     if not location.is_dir():
         raise ConvplatError(f"{run}: no such run directory")
     config = _read_json(location, "config.json") or {}
-    sections = [_config_section(config)]
     history = _read_jsonl(location, "metrics.jsonl")
+    sections = [_results_section(location, history)]
     if history:
         sections.append(_curves_section(history, config))
-    sections.append(_results_section(location, history))
     if config.get("model") and location.exists("model.safetensors"):
         model_sections = _model_sections(run, config, confusion, max_batches)
         sections.extend(model_sections)
     sections.extend(_study_sections(location))
+    sections.append(_config_section(config))  # long: last, folded
     title = f"convplat report — {config.get('run_name') or location.uri.rstrip('/').split('/')[-1]}"
     page = _page(title, sections)
     location.write_bytes(REPORT, page.encode())
@@ -59,7 +59,8 @@ def _config_section(config: dict) -> str:
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v))}</td></tr>"
         for k, v in sorted(config.items())
     )
-    return _section("Configuration (resolved)", f"<table class='kv'>{rows}</table>")
+    table = f"<details><summary>every setting</summary><table class='kv'>{rows}</table></details>"
+    return _section("Configuration (resolved)", table)
 
 
 def _curves_section(history: list[dict], config: dict) -> str:
@@ -88,7 +89,7 @@ def _results_section(location: Location, history: list[dict]) -> str:
         return _section("Top-1 / top-5 error", "<p>No metrics in this run.</p>")
     body = "".join(
         f"<tr><td>{html.escape(label)}</td><td>{_pct(r.get('top1_err'))}</td>"
-        f"<td>{_pct(r.get('top5_err'))}</td><td>{r.get('count', '')}</td></tr>"
+        f"<td>{_pct(r.get('top5_err'))}</td><td>{r.get('count', r.get('val_count', ''))}</td></tr>"
         for label, r in rows
     )
     table = (

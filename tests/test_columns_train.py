@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import make_imagenet_tree
 from safetensors.torch import load_file
+from test_train import _kill_rank_after
 
 from convplat.cli.main import main
 from convplat.config import PrepareConfig, TrainConfig
@@ -51,8 +53,20 @@ def columns_config(shards: str, out: Path, **changes) -> TrainConfig:
     return dataclasses.replace(base, **changes)
 
 
-def test_column_run_writes_an_ordinary_alexnet_and_resumes(shards, tmp_path):
-    run = Path(fit(columns_config(shards, tmp_path)))
+def test_column_run_survives_a_killed_worker_writes_an_ordinary_alexnet_and_resumes(
+    shards, tmp_path
+):
+    run = tmp_path / "cols"
+    killed: list[int] = []
+    watcher = threading.Thread(target=_kill_rank_after, args=(run, "epoch-001", 1, killed))
+    watcher.start()
+    fit(columns_config(shards, tmp_path, epochs=2, max_failures=1))
+    watcher.join()
+    assert killed, "no Ray Train worker was killed"
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "resume" and e["from_epoch"] >= 1 for e in events)
+    starts = [e for e in events if e["event"] == "start"]
+    assert len(starts) == 2 and killed[0] not in starts[1]["pids"]  # a new worker group
     state = load_file(run / "model.safetensors")
     create_model("alexnet", num_classes=3).load_state_dict(state)  # the whole two-column net
     assert state["features.8.weight"].shape == (384, 256, 3, 3)
@@ -63,9 +77,9 @@ def test_column_run_writes_an_ordinary_alexnet_and_resumes(shards, tmp_path):
     confusion = json.loads((run / "confusion-val.json").read_text())["counts"]
     assert len(confusion) == 3 and sum(map(sum, confusion)) >= 1
 
-    fit(resume_config(str(run), {"epochs": 2}), resume=str(run))
+    fit(resume_config(str(run), {"epochs": 3}), resume=str(run))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
     events = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
     assert "resume" in events
 
