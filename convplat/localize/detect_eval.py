@@ -16,10 +16,9 @@ import time
 from itertools import islice
 
 import torch
-from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from convplat.errors import ConfigError, DatasetError
+from convplat.errors import ConfigError, ConvplatError, DatasetError
 from convplat.localize.boxes import greedy_merge
 from convplat.localize.detect import TASK
 from convplat.localize.detection_data import eval_samples, score_maps, to_frame, whole_image_input
@@ -165,7 +164,7 @@ def load_detection_regressor(config: dict, choice: str | None) -> tuple[nn.Modul
     )
     try:
         load_weights(regressor, directory.read_bytes(WEIGHTS), directory.child(WEIGHTS).uri)
-    except (RuntimeError, SafetensorError) as exc:  # wrong shapes (feature size) or a bad file
+    except ConvplatError as exc:  # wrong shapes (feature size) or a bad file
         reason = " ".join(str(exc).split())[:300]
         raise ConfigError(
             f"--regressor {choice}: {WEIGHTS} does not fit its config.json: {reason}"
