@@ -8,8 +8,9 @@ in a local process pool, so the output is byte-identical whichever runs it.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import TypeVar
 
 from convplat.pipeline.shards import ShardInfo, ShardOptions, ShardSpec, write_shard
 
@@ -17,18 +18,19 @@ from convplat.pipeline.shards import ShardInfo, ShardOptions, ShardSpec, write_s
 # import the image stack in its workers) costs more than a second core saves.
 LOCAL_POOL_MIN_IMAGES = 500
 
-Result = tuple[ShardSpec, tuple[ShardInfo, dict]]
+K = TypeVar("K")
 
 
 def run_local(
-    todo: list[ShardSpec], out: str, options: ShardOptions, workers: int
-) -> Iterator[Result]:
-    """Yield ``(spec, write_shard(spec, out, options))`` as shards finish, using ``workers``
-    processes (1: in this process). At most two tasks per worker are queued, so results
-    waiting to be taken stay few."""
-    if workers <= 1 or len(todo) <= 1:
-        for spec in todo:
-            yield spec, write_shard(spec, out, options)
+    todo: Iterable[tuple[K, ShardSpec]], out: str, options: ShardOptions, workers: int
+) -> Iterator[tuple[K, tuple[ShardInfo, dict]]]:
+    """Yield ``(key, write_shard(spec, out, options))`` for each ``(key, spec)`` of ``todo``
+    as shards finish, using ``workers`` processes (1: in this process). ``todo`` is taken
+    lazily and at most two tasks per worker are queued, so neither specs nor results waiting
+    to be taken pile up."""
+    if workers <= 1:
+        for key, spec in todo:
+            yield key, write_shard(spec, out, options)
         return
     # forkserver: workers are forked from a clean server that imported the shard writer once,
     # never from this process (whose torch or Ray threads a fork would copy in a broken state).
@@ -39,15 +41,15 @@ def run_local(
     source = iter(todo)
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         pending = {}
-        for spec in source:
-            pending[pool.submit(write_shard, spec, out, options)] = spec
+        for key, spec in source:
+            pending[pool.submit(write_shard, spec, out, options)] = key
             if len(pending) >= 2 * workers:
                 break
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                spec = pending.pop(future)
-                for more in source:
-                    pending[pool.submit(write_shard, more, out, options)] = more
+                key = pending.pop(future)
+                for more_key, more in source:
+                    pending[pool.submit(write_shard, more, out, options)] = more_key
                     break
-                yield spec, future.result()
+                yield key, future.result()

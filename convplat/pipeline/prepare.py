@@ -20,7 +20,7 @@ from dataclasses import asdict
 import numpy as np
 
 import convplat
-from convplat.cluster import ensure_ray, fan_out, use_ray
+from convplat.cluster import cluster_size, ensure_ray, fan_out, use_ray
 from convplat.config import PrepareConfig
 from convplat.errors import ConfigError, DatasetError
 from convplat.pipeline.image import MAX_BYTES, MAX_PIXELS
@@ -38,16 +38,13 @@ from convplat.pipeline.outdir import (
     stale_shards,
     write_error,
 )
-from convplat.pipeline.readers import DatasetListing, display_path, read_dataset
+from convplat.pipeline.plan import PlannedShard, ShardPlan
+from convplat.pipeline.readers import DatasetStream, display_path, stream_dataset
 from convplat.pipeline.shards import (
     ShardInfo,
     ShardOptions,
-    ShardSpec,
     load_complete_shard,
     load_partial_stats,
-    plan_digest,
-    plan_fingerprint,
-    plan_shards,
     write_shard,
 )
 from convplat.pipeline.stats import add_partial, finalize, merge_partials
@@ -99,32 +96,32 @@ def prepare(
         "max_pixels": _limit("max_pixels", max_pixels, config, MAX_PIXELS),
         "max_bytes": _limit("max_bytes", max_bytes, config, MAX_BYTES),
     }
-    listing = read_dataset(config.source, config.layout)
-    if not any(item.split == "train" for item in listing.items):
-        raise DatasetError(
-            f"no training images found under {config.source}: statistics need a train split"
+    # The listing and the plan stream through temporary files: the driver keeps one entry per
+    # shard, not one object per image (pipeline/plan.py, readers/records.py).
+    with stream_dataset(config.source, config.layout) as listing:
+        if not listing.split_counts().get("train"):
+            raise DatasetError(
+                f"no training images found under {config.source}: statistics need a train split"
+            )
+        options = ShardOptions(
+            size=config.size,
+            quality=config.quality,
+            crop=config.crop,
+            source_root=listing.root,
+            wnids=tuple(display_path(c.wnid) for c in listing.classes),
+            **limits,
         )
-    options = ShardOptions(
-        size=config.size,
-        quality=config.quality,
-        crop=config.crop,
-        source_root=listing.root,
-        wnids=tuple(display_path(c.wnid) for c in listing.classes),
-        **limits,
-    )
-    specs = plan_shards(listing.items, config.shard_size, config.seed)
-    digests = {spec.name: plan_digest(spec, options) for spec in specs}
-    location = resolve(config.out)
-    claim(location, overwrite)
-    with locked(location):
-        try:
-            mark_owned(location)
-            location.remove_temporaries(PARTS_DIR)
-        except OSError as exc:
-            raise write_error(location.uri, exc) from None
-        return _prepare_locked(
-            config, listing, options, specs, digests, location, started, executor
-        )
+        plan = ShardPlan.build(listing.items(), config.shard_size, config.seed, options)
+    with plan:
+        location = resolve(config.out)
+        claim(location, overwrite)
+        with locked(location):
+            try:
+                mark_owned(location)
+                location.remove_temporaries(PARTS_DIR)
+            except OSError as exc:
+                raise write_error(location.uri, exc) from None
+            return _prepare_locked(config, listing, options, plan, location, started, executor)
 
 
 def _limit(name: str, given: int | None, config: PrepareConfig, default: int) -> int:
@@ -137,18 +134,27 @@ def _limit(name: str, given: int | None, config: PrepareConfig, default: int) ->
     return value
 
 
-def _prepare_locked(config, listing, options, specs, digests, location, started, executor) -> dict:
+def _prepare_locked(
+    config: PrepareConfig,
+    listing: DatasetStream,
+    options: ShardOptions,
+    plan: ShardPlan,
+    location: Location,
+    started: float,
+    executor: str,
+) -> dict:
     """prepare's work once ``--out`` is claimed and locked."""
+    specs, digests = plan.shards, plan.digests
     infos: dict[str, ShardInfo] = {}
-    todo: list[ShardSpec] = []
+    todo: list[PlannedShard] = []
     for spec in specs:
-        info = load_complete_shard(spec, location, options, digests[spec.name])
+        info = load_complete_shard(spec, location, options, spec.digest)
         if info is None:
             todo.append(spec)
         else:
             infos[spec.name] = info
     kept = len(infos)
-    fingerprint = plan_fingerprint(specs, digests)
+    fingerprint = plan.fingerprint()
     stale = stale_shards(location, digests)
     old = read_manifest(location)
     try:
@@ -181,7 +187,7 @@ def _prepare_locked(config, listing, options, specs, digests, location, started,
             collect(infos[name], None)
         ran = "none"
         if todo:
-            ran = _run_tasks(todo, config, executor, options, collect, len(specs), kept)
+            ran = _run_tasks(todo, plan, config, executor, options, collect, len(specs), kept)
             _check_visible(location, todo)
         train_infos = [i for i in infos.values() if i.split == "train"]
         if sum(i.count for i in train_infos) == 0:
@@ -217,7 +223,7 @@ def _prepare_locked(config, listing, options, specs, digests, location, started,
     return manifest
 
 
-def _check_visible(location: Location, todo: list[ShardSpec]) -> None:
+def _check_visible(location: Location, todo: list[PlannedShard]) -> None:
     """Shards that tasks on other nodes wrote to their own local disks are not here: say so
     (a cluster needs ``--out`` on shared storage: a URI or a mount every node shares)."""
     missing = [spec.name for spec in todo if not location.exists(spec.name)]
@@ -230,7 +236,8 @@ def _check_visible(location: Location, todo: list[ShardSpec]) -> None:
 
 
 def _run_tasks(
-    todo: list[ShardSpec],
+    todo: list[PlannedShard],
+    plan: ShardPlan,
     config: PrepareConfig,
     executor: str,
     options: ShardOptions,
@@ -239,25 +246,30 @@ def _run_tasks(
     done: int,
 ) -> str:
     """Run the shard tasks where it pays (see :func:`_executor`); ``collect`` takes each result
-    as its task finishes. Returns the executor used: ``ray``, ``pool`` or ``inline``."""
-    images = sum(len(spec.items) for spec in todo)
+    as its task finishes. Returns the executor used: ``ray``, ``pool`` or ``inline``.
+
+    Each task's spec is read from the plan when it is handed out, and at most two tasks per
+    CPU are in flight, so neither the driver nor Ray holds every task's items at once.
+    """
+    images = sum(shard.count for shard in todo)
     executor = _executor(config, executor, images, len(todo))
     if executor == "ray":
         ensure_ray(config.address, num_cpus=config.num_cpus)
-        jobs = ((spec, (spec, config.out, options), {}) for spec in todo)
-        results = fan_out(write_shard, jobs)
+        jobs = ((shard, (plan.spec(shard), config.out, options), {}) for shard in todo)
+        results = fan_out(write_shard, jobs, max_in_flight=2 * cluster_size()[0])
     else:
         workers = 1 if executor == "inline" else _local_workers(config, len(todo))
-        results = run_local(todo, config.out, options, workers)
+        specs = ((shard, plan.spec(shard)) for shard in todo)
+        results = run_local(specs, config.out, options, workers)
     started = time.perf_counter()
     processed = 0
     with progress_bar(enabled=config.progress) as bar:
         shard_task = bar.add_task("shards", total=total, completed=done, rate="")
         # (fan_out re-raises a task's OutputError as itself, not Ray's wrapper.)
-        for spec, (info, stats) in results:
+        for shard, (info, stats) in results:
             collect(info, stats)
             del info, stats
-            processed += len(spec.items)
+            processed += shard.count
             rate = processed / max(time.perf_counter() - started, 1e-9)
             bar.update(shard_task, advance=1, rate=f"{rate:,.0f} images/s ({processed}/{images})")
     return executor
@@ -282,7 +294,7 @@ def _local_workers(config: PrepareConfig, shards: int) -> int:
     return max(1, min(shards, config.num_cpus or os.cpu_count() or 1))
 
 
-def _write_outputs(location, listing: DatasetListing, specs, infos, statistics) -> None:
+def _write_outputs(location, listing: DatasetStream, specs, infos, statistics) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **{k: v for k, v in statistics.items()})
     location.write_bytes("stats.npz", buffer.getvalue())
@@ -294,7 +306,7 @@ def _write_outputs(location, listing: DatasetListing, specs, infos, statistics) 
 
 
 def _manifest(
-    config: PrepareConfig, listing: DatasetListing, specs, infos, statistics, fingerprint: str
+    config: PrepareConfig, listing: DatasetStream, specs, infos, statistics, fingerprint: str
 ) -> dict:
     splits: dict[str, dict] = {}
     for spec in specs:

@@ -12,7 +12,9 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +31,9 @@ from convplat.pipeline.readers import Item, display_path
 from convplat.pipeline.stats import StatsAccumulator
 from convplat.pipeline.tar import ShardTar
 from convplat.storage import Location, resolve
+
+if TYPE_CHECKING:
+    from convplat.pipeline.plan import PlannedShard
 
 
 @dataclass(frozen=True)
@@ -81,15 +86,25 @@ class ShardInfo:
 
 
 def plan_shards(items: list[Item], shard_size: int, seed: int) -> list[ShardSpec]:
-    """Spread each split's items over shards in a seeded random order, so shards mix classes."""
+    """Spread each split's items over shards in a seeded random order, so shards mix classes.
+
+    The definition of the plan; ``prepare`` builds the same shards from a stream of items
+    without holding them (``pipeline.plan.ShardPlan``).
+    """
     specs: list[ShardSpec] = []
     for split in sorted({item.split for item in items}):
         split_items = [item for item in items if item.split == split]
-        order = np.random.default_rng([seed, _split_salt(split)]).permutation(len(split_items))
+        order = shuffle_order(split, len(split_items), seed)
         shuffled = [split_items[i] for i in order]
         for index, start in enumerate(range(0, len(shuffled), shard_size)):
             specs.append(ShardSpec(split, index, tuple(shuffled[start : start + shard_size])))
     return specs
+
+
+def shuffle_order(split: str, count: int, seed: int) -> np.ndarray:
+    """The seeded order of a split's ``count`` items (indices in listing order): shard ``k``
+    holds the items at ``order[k * shard_size : (k + 1) * shard_size]``."""
+    return np.random.default_rng([seed, _split_salt(split)]).permutation(count)
 
 
 def _split_salt(split: str) -> int:
@@ -120,7 +135,7 @@ def plan_digest(spec: ShardSpec, options: ShardOptions) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def plan_fingerprint(specs: list[ShardSpec], digests: dict[str, str]) -> str:
+def plan_fingerprint(specs: Iterable[ShardSpec | PlannedShard], digests: dict[str, str]) -> str:
     """One fingerprint of a whole plan (every shard's name and digest), kept in the manifest:
     an output whose manifest records another fingerprint describes other shards."""
     payload = json.dumps([[spec.name, digests[spec.name]] for spec in specs])
@@ -223,11 +238,15 @@ def write_shard(
 
 
 def load_complete_shard(
-    spec: ShardSpec, out: str | Location, options: ShardOptions, digest: str | None = None
+    spec: ShardSpec | PlannedShard,
+    out: str | Location,
+    options: ShardOptions,
+    digest: str | None = None,
 ) -> ShardInfo | None:
     """The saved info of a shard that is complete and matches the plan, else None.
 
-    ``digest`` is ``plan_digest(spec, options)`` when the caller has it already.
+    ``digest`` is ``plan_digest(spec, options)`` when the caller has it already (always, for
+    a ``PlannedShard``, whose items are not at hand).
     """
     location = out if isinstance(out, Location) else resolve(out)
     marker = f"{PARTS_DIR}/{spec.name}.json"

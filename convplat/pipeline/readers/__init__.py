@@ -1,7 +1,8 @@
 """Raw dataset readers: list an ImageNet, Caltech, folder-of-class-folders or PASCAL VOC tree
 into items, without decoding anything.
 
-``layout`` names a tree's layout, ``listing`` lists it (``read_dataset``), ``annotations``
+``layout`` names a tree's layout, ``listing`` lists it (``read_dataset``; ``stream_dataset``
+for a dataset too big to hold, sorted through ``records``), ``annotations``
 reads the labels and boxes beside the images, ``voc`` lists VOC 2012 for classification
 transfer, and ``items`` holds what they return.
 """
@@ -15,7 +16,7 @@ from convplat.pipeline.readers.items import (
     display_path,
 )
 from convplat.pipeline.readers.layout import LAYOUTS, detect_layout
-from convplat.pipeline.readers.listing import read_dataset
+from convplat.pipeline.readers.listing import DatasetStream, read_dataset, stream_dataset
 from convplat.pipeline.readers.voc import VOC_CLASSES, VOC_SPLITS, VocListing, read_voc
 
 __all__ = [
@@ -26,10 +27,12 @@ __all__ = [
     "ClassInfo",
     "Corners",
     "DatasetListing",
+    "DatasetStream",
     "Item",
     "VocListing",
     "detect_layout",
     "display_path",
     "read_dataset",
     "read_voc",
+    "stream_dataset",
 ]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from convplat.errors import DatasetError
 
@@ -22,7 +24,7 @@ Corners = tuple[float, float, float, float]
 
 # Split folder names and the split they stand for; anything else beside them is not a split.
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 # Only look one level down for a wrapped dataset (e.g. caltech-101/101_ObjectCategories) when
 # the root has this few sub-folders, so detection stays O(1) on a 1000-class folder.
@@ -70,7 +72,7 @@ class DatasetListing:
     def split_counts(self) -> dict[str, int]:
         """Items per split, in train, val, test order."""
         counts = Counter(item.split for item in self.items)
-        return {s: counts[s] for s in sorted(counts, key=lambda s: (_SPLIT_ORDER.get(s, 9), s))}
+        return {s: counts[s] for s in sorted(counts, key=lambda s: (SPLIT_ORDER.get(s, 9), s))}
 
 
 # A listed file before keys and boxes are attached: (split, path, label, group, stem); the
@@ -139,6 +141,42 @@ def _safe_key(text: str) -> str:
     return _KEY_UNSAFE.sub("_", text) or "_"
 
 
+# The key shapes assign_keys tries in turn: the file stem, ``<class>_<stem>``,
+# ``<split>_<class>_<stem>``.
+KEY_FORMS: tuple[Callable[[Record], str], ...] = (
+    lambda r: _safe_key(r[4]),
+    lambda r: _safe_key(f"{r[3]}_{r[4]}"),
+    lambda r: _safe_key(f"{r[0]}_{r[3]}_{r[4]}"),
+)
+
+
+def key_form(records: Callable[[], Iterable[Record]], count: int) -> int | None:
+    """The index in KEY_FORMS of the shape :func:`assign_keys` would choose, from passes over
+    ``records()`` (any order, ``count`` records) that hold 8 bytes a record, not the keys;
+    None when no shape is unique (assign_keys then numbers the clashes, in sorted order)."""
+    for index, form in enumerate(KEY_FORMS):
+        if _distinct(lambda form=form: (form(r) for r in records()), count):
+            return index
+    return None
+
+
+def _distinct(keys: Callable[[], Iterator[str]], count: int) -> bool:
+    """Whether the strings ``keys()`` yields are all different: their hashes are sorted and
+    compared; strings whose hashes collide are compared in a second pass."""
+    hashes = np.fromiter((hash(k) for k in keys()), dtype=np.int64, count=count)
+    hashes.sort()
+    same = hashes[1:][hashes[1:] == hashes[:-1]]
+    if not same.size:
+        return True
+    suspects, seen = set(same.tolist()), set()
+    for k in keys():
+        if hash(k) in suspects:
+            if k in seen:
+                return False
+            seen.add(k)
+    return True
+
+
 def assign_keys(records: list[Record]) -> list[str]:
     """Unique webdataset-safe keys, of one shape across the dataset where possible.
 
@@ -148,14 +186,15 @@ def assign_keys(records: list[Record]) -> list[str]:
     beside ``1.png``). webdataset splits a sample's files at the first '.' of the basename, so
     keys hold only ``[A-Za-z0-9_-]``.
     """
-    keys = [_safe_key(r[4]) for r in records]
+    stem, group, split = KEY_FORMS
+    keys = [stem(r) for r in records]
     if len(set(keys)) == len(keys):
         return keys
-    keys = [_safe_key(f"{r[3]}_{r[4]}") for r in records]
+    keys = [group(r) for r in records]
     taken = set(keys)
     if len(taken) == len(keys):
         return keys
-    wide = [_safe_key(f"{r[0]}_{r[3]}_{r[4]}") for r in records]
+    wide = [split(r) for r in records]
     if len(set(wide)) == len(wide):
         return wide
     seen: set[str] = set()

@@ -17,7 +17,8 @@ decodes later and rejects what it cannot read. Layouts (DESIGN.md, PAPERS.md §4
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from convplat.errors import DatasetError
 from convplat.pipeline.readers.annotations import (
@@ -33,7 +34,9 @@ from convplat.pipeline.readers.items import (
     ANNOTATION_DIRS,
     DEMO_HINT,
     IMAGE_EXTENSIONS,
+    KEY_FORMS,
     SPLIT_DIRS,
+    SPLIT_ORDER,
     ClassInfo,
     DatasetListing,
     Item,
@@ -41,6 +44,7 @@ from convplat.pipeline.readers.items import (
     assign_keys,
     check_root,
     is_image_name,
+    key_form,
     scan_dir,
     split_entries,
 )
@@ -53,6 +57,54 @@ from convplat.pipeline.readers.layout import (
     locate,
     locate_forced,
 )
+from convplat.pipeline.readers.records import RUN_RECORDS, RecordSink
+
+
+@dataclass
+class DatasetStream:
+    """What a reader found, with the items streamed rather than held: classes, what it
+    skipped, and the listed files in a :class:`RecordSink` (sorted runs on disk past
+    ``run_size`` files). :meth:`items` yields the same items, in the same order, as
+    :func:`read_dataset`'s list. Close it (or use it as a context manager) to remove the runs.
+    """
+
+    root: str
+    layout: str
+    classes: list[ClassInfo]
+    records: RecordSink
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    boxes: BoxSource | None = None
+
+    def split_counts(self) -> dict[str, int]:
+        """Items per split, in train, val, test order."""
+        counts = self.records.counts
+        return {s: counts[s] for s in sorted(counts, key=lambda s: (SPLIT_ORDER.get(s, 9), s))}
+
+    def items(self) -> Iterator[Item]:
+        """Every item, sorted by (split, path), keyed and with its boxes. Iterate once: box
+        files that cannot be read are added to ``skipped`` as they are met."""
+        form = key_form(self.records.unordered, len(self.records))
+        if form is None:  # clashing names get numbered in sorted order: the one in-memory case
+            records = list(self.records.sorted())
+            pairs: Iterable[tuple[Record, str]] = zip(records, assign_keys(records), strict=True)
+        else:
+            make_key = KEY_FORMS[form]
+            pairs = ((r, make_key(r)) for r in self.records.sorted())
+        boxes = self.boxes
+        for (split, path, label, _, stem), key in pairs:
+            if boxes is None:
+                yield Item(path, split, label, key)
+            else:
+                yield Item(path, split, label, key, *boxes.lookup(stem))
+
+    def close(self) -> None:
+        self.records.close()
+
+    def __enter__(self) -> DatasetStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def read_dataset(
@@ -71,6 +123,21 @@ def read_dataset(
     Raises:
         DatasetError: missing root, unknown or unrecognisable layout, or no images.
     """
+    with stream_dataset(root, layout, include_background=include_background, run_size=None) as s:
+        items = list(s.items())
+        return DatasetListing(s.root, s.layout, s.classes, items, s.skipped)
+
+
+def stream_dataset(
+    root: str | os.PathLike,
+    layout: str = "auto",
+    *,
+    include_background: bool = False,
+    run_size: int | None = RUN_RECORDS,
+) -> DatasetStream:
+    """:func:`read_dataset` for a dataset too big to hold: the files are listed into sorted
+    runs of ``run_size`` on disk (None: in memory) and :meth:`DatasetStream.items` streams
+    them. Arguments and errors as :func:`read_dataset`."""
     if layout != "auto" and layout not in LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
     top = check_root(root)
@@ -81,16 +148,22 @@ def read_dataset(
 
     skipped: list[tuple[str, str]] = []
     boxes: BoxSource | None = None
-    if layout == "ilsvrc":
-        classes, records, boxes = _read_ilsvrc(base, skipped)
-    elif layout == "imagefolder":
-        classes, records, boxes = _read_imagefolder(base, skipped)
-    elif layout in ("caltech101", "caltech256"):
-        classes, records = _read_caltech(base, layout, include_background, skipped)
-    else:
-        classes, records = _read_folder(base, skipped)
+    records = RecordSink(run_size)
+    try:
+        if layout == "ilsvrc":
+            classes, boxes = _read_ilsvrc(base, skipped, records)
+        elif layout == "imagefolder":
+            classes, boxes = _read_imagefolder(base, skipped, records)
+        elif layout in ("caltech101", "caltech256"):
+            classes = _read_caltech(base, layout, include_background, skipped, records)
+        else:
+            classes = _read_folder(base, skipped, records)
+    except BaseException:
+        records.close()
+        raise
 
-    if not records:
+    if not len(records):
+        records.close()
         example = (
             f"; skipped {len(skipped)} entries, e.g. {skipped[0][0]}: {skipped[0][1]}"
             if skipped
@@ -100,15 +173,7 @@ def read_dataset(
             f"no images found under {top} (layout {layout}): expected {EXPECTED[layout]}"
             f"{example}; check the path or {DEMO_HINT}"
         )
-    records.sort()
-    keys = assign_keys(records)
-    items = []
-    for (split, path, label, _, stem), key in zip(records, keys, strict=True):
-        if boxes is None:
-            items.append(Item(path, split, label, key))
-        else:
-            items.append(Item(path, split, label, key, *boxes.lookup(stem)))
-    return DatasetListing(top, layout, classes, items, skipped)
+    return DatasetStream(top, layout, classes, records, skipped, boxes)
 
 
 # --- listing ------------------------------------------------------------------------------------
@@ -118,7 +183,7 @@ def _list_class_dir(
     class_dir: str,
     split: str,
     label: int,
-    records: list[Record],
+    records: RecordSink,
     skipped: list[tuple[str, str]],
 ) -> None:
     """Append the image files of one class folder; nested folders and other files are skipped."""
@@ -152,7 +217,7 @@ def _list_flat_files(
     split: str,
     labels: dict[str, int] | None,
     reason: str,
-    records: list[Record],
+    records: RecordSink,
     skipped: list[tuple[str, str]],
 ) -> None:
     """Files directly in a split folder: labelled by ``labels[stem]`` or skipped with ``reason``."""
@@ -170,12 +235,14 @@ def _read_split_folders(
     base: str,
     skipped: list[tuple[str, str]],
     flat_labels: dict[str, str] | None,
+    records: RecordSink,
     other_dirs_ok: Iterable[str] = (),
-) -> tuple[list[str], list[Record]]:
-    """List ``{train,val,test}/<class>/`` folders; flat val files are labelled by ``flat_labels``.
+) -> list[str]:
+    """List ``{train,val,test}/<class>/`` folders into ``records``; flat val files are labelled
+    by ``flat_labels``.
 
-    Returns the sorted class names (class folders plus the wnids labelling flat val files) and
-    the records. Folders beside the splits, other than ``other_dirs_ok``, are recorded as skipped.
+    Returns the sorted class names (class folders plus the wnids labelling flat val files).
+    Folders beside the splits, other than ``other_dirs_ok``, are recorded as skipped.
     """
     splits = []
     for e in scan_dir(base):
@@ -207,7 +274,6 @@ def _read_split_folders(
     classes = sorted(wnids)
     index = {w: i for i, w in enumerate(classes)}
 
-    records: list[Record] = []
     for split, _, dirs, files in splits:
         for d in dirs:
             _list_class_dir(d.path, split, index[d.name], records, skipped)
@@ -217,12 +283,12 @@ def _read_split_folders(
         else:  # an unlabelled flat val folder, or images outside any class folder
             reason = "no label" if split == "val" else "no class"
             _list_flat_files(files, split, None, reason, records, skipped)
-    return classes, records
+    return classes
 
 
 def _read_imagefolder(
-    base: str, skipped: list[tuple[str, str]]
-) -> tuple[list[ClassInfo], list[Record], BoxSource]:
+    base: str, skipped: list[tuple[str, str]], records: RecordSink
+) -> tuple[list[ClassInfo], BoxSource]:
     csv_rows: dict[str, CsvRow] = {}
     flat_labels: dict[str, str] | None = None
     for split in ("train", "val"):
@@ -234,16 +300,16 @@ def _read_imagefolder(
                 flat_labels = {stem: row[0] for stem, row in rows.items()}
     if flat_labels is None:
         flat_labels = read_tf_val_labels(os.path.join(base, TF_VAL_LABELS))
-    wnids, records = _read_split_folders(base, skipped, flat_labels, ANNOTATION_DIRS)
+    wnids = _read_split_folders(base, skipped, flat_labels, records, ANNOTATION_DIRS)
     names = read_class_names(base)
     classes = [ClassInfo(i, w, names.get(w, w)) for i, w in enumerate(wnids)]
     xml_roots = [os.path.join(base, "Annotations"), os.path.join(base, "bbox")]
-    return classes, records, BoxSource(classes, csv_rows, xml_roots, skipped)
+    return classes, BoxSource(classes, csv_rows, xml_roots, skipped)
 
 
 def _read_ilsvrc(
-    base: str, skipped: list[tuple[str, str]]
-) -> tuple[list[ClassInfo], list[Record], BoxSource]:
+    base: str, skipped: list[tuple[str, str]], records: RecordSink
+) -> tuple[list[ClassInfo], BoxSource]:
     csv_dir, data = ilsvrc_dirs(base)
     if data is None:
         raise DatasetError(
@@ -277,7 +343,6 @@ def _read_ilsvrc(
     classes = [ClassInfo(i, w, names.get(w, w)) for i, w in enumerate(wnids)]
     index = {w: i for i, w in enumerate(wnids)}
 
-    records: list[Record] = []
     for split, dirs, files in (("train", train_dirs, train_files), ("val", val_dirs, val_files)):
         for d in dirs:
             if d.name in index:
@@ -293,19 +358,22 @@ def _read_ilsvrc(
                 labels[stem] = index[row[0]]
         _list_flat_files(files, split, labels, "no label", records, skipped)
     xml_root = j(os.path.dirname(os.path.dirname(data)), "Annotations", "CLS-LOC")
-    return classes, records, BoxSource(classes, csv_rows, [xml_root], skipped)
+    return classes, BoxSource(classes, csv_rows, [xml_root], skipped)
 
 
 def _read_caltech(
-    base: str, layout: str, include_background: bool, skipped: list[tuple[str, str]]
-) -> tuple[list[ClassInfo], list[Record]]:
+    base: str,
+    layout: str,
+    include_background: bool,
+    skipped: list[tuple[str, str]],
+    records: RecordSink,
+) -> list[ClassInfo]:
     dirs, files = split_entries(scan_dir(base))
     for f in files:
         skipped.append((f.path, "no class"))
     if not include_background:
         dirs = [d for d in dirs if not _is_background(layout, d.name)]
     classes = []
-    records: list[Record] = []
     for i, d in enumerate(dirs):
         if layout == "caltech256" and (m := CALTECH256_DIR.fullmatch(d.name)):
             name = m.group(2)  # 201.starfish-101 -> starfish-101
@@ -314,7 +382,7 @@ def _read_caltech(
         classes.append(ClassInfo(i, d.name, name))
         # The transfer protocol draws its own train/test splits (ZFNet §5.2).
         _list_class_dir(d.path, "train", i, records, skipped)
-    return classes, records
+    return classes
 
 
 def _is_background(layout: str, name: str) -> bool:
@@ -324,16 +392,15 @@ def _is_background(layout: str, name: str) -> bool:
     return m is not None and m.group(2) == "clutter"
 
 
-def _read_folder(base: str, skipped: list[tuple[str, str]]) -> tuple[list[ClassInfo], list[Record]]:
+def _read_folder(base: str, skipped: list[tuple[str, str]], records: RecordSink) -> list[ClassInfo]:
     if os.path.isdir(os.path.join(base, "train")):
-        wnids, records = _read_split_folders(base, skipped, None)
+        wnids = _read_split_folders(base, skipped, None, records)
     else:
         dirs, files = split_entries(scan_dir(base))
         for f in files:  # README, csvs... at the root are fine; images there have no class
             if is_image_name(f.name):
                 skipped.append((f.path, "no class"))
         wnids = [d.name for d in dirs]
-        records = []
         for i, d in enumerate(dirs):
             _list_class_dir(d.path, "train", i, records, skipped)
-    return [ClassInfo(i, w, w) for i, w in enumerate(wnids)], records
+    return [ClassInfo(i, w, w) for i, w in enumerate(wnids)]
