@@ -11,8 +11,8 @@ handed out. Temporary disk: ~250 bytes an item of the largest split, ~90 bytes a
 
 from __future__ import annotations
 
+import marshal
 import os
-import pickle
 import shutil
 import tempfile
 from array import array
@@ -79,7 +79,7 @@ class ShardPlan:
                         split, ends = item.split, array("q", [0])
                         store.seek(0)
                         store.truncate()
-                    ends.append(ends[-1] + store.write(pickle.dumps(_item_tuple(item), 5)))
+                    ends.append(ends[-1] + store.write(marshal.dumps(_item_tuple(item))))
                 if split is not None:
                     plan._add_split(split, store, ends, shard_size, seed, options)
         except BaseException:
@@ -103,21 +103,22 @@ class ShardPlan:
         order = shuffle_order(split, len(bounds) - 1, seed)
         for index, start in enumerate(range(0, len(order), shard_size)):
             positions = order[start : start + shard_size].tolist()
-            items = tuple(
-                Item(*pickle.loads(os.pread(fd, int(bounds[p + 1] - bounds[p]), int(bounds[p]))))
+            rows = tuple(
+                marshal.loads(os.pread(fd, int(bounds[p + 1] - bounds[p]), int(bounds[p])))
                 for p in positions
             )
-            spec = ShardSpec(split, index, items)
-            data = pickle.dumps(spec, 5)
+            spec = ShardSpec(split, index, tuple(Item(*row) for row in rows))
+            data = marshal.dumps(rows)
             offset = self._specs.seek(0, os.SEEK_END)
             self._specs.write(data)
             digest = plan_digest(spec, options)
-            self.shards.append(PlannedShard(split, index, len(items), digest, offset, len(data)))
+            self.shards.append(PlannedShard(split, index, len(rows), digest, offset, len(data)))
         del bounds  # release the view of ``ends``
 
     def spec(self, shard: PlannedShard) -> ShardSpec:
         """The shard's spec (its items), read back from disk."""
-        return pickle.loads(os.pread(self._specs.fileno(), shard.length, shard.offset))
+        rows = marshal.loads(os.pread(self._specs.fileno(), shard.length, shard.offset))
+        return ShardSpec(shard.split, shard.index, tuple(Item(*row) for row in rows))
 
     @property
     def digests(self) -> dict[str, str]:
@@ -145,4 +146,5 @@ class ShardPlan:
 
 
 def _item_tuple(item: Item) -> tuple:
+    """An item as plain values for ``marshal`` (fast, and exact for str, int, float tuples)."""
     return (item.path, item.split, item.label, item.key, item.boxes, item.box_labels)

@@ -8,6 +8,7 @@ that lets a re-run keep complete shards.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -114,7 +115,12 @@ def _split_salt(split: str) -> int:
 def _fields(obj) -> dict:
     """A flat dataclass's fields as a dict, without ``asdict``'s recursive deep copy of every
     box and index row; the JSON written (and so the plan digest) is the same."""
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+    return {name: getattr(obj, name) for name in _field_names(type(obj))}
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))  # dataclasses.fields is slow to call per item
 
 
 def plan_digest(spec: ShardSpec, options: ShardOptions) -> str:
