@@ -1,8 +1,10 @@
 """`convplat prepare`: list a raw dataset, fan shard tasks out over Ray, write the manifest.
 
 The only module that touches Ray for preprocessing: `write_shard` (pure) runs as one task per
-shard; the driver keeps complete shards of an earlier run, reduces the statistics partial sums,
-and writes manifest.json, index.parquet, stats.npz and rejected.jsonl atomically. The output is
+shard; the listing and the plan stream through temporary files (`readers.stream_dataset`,
+`plan.ShardPlan`), so the driver holds one entry per shard, not per image; it keeps complete
+shards of an earlier run, reduces the statistics partial sums, and writes manifest.json,
+index.parquet, stats.npz and rejected.jsonl atomically. The output is
 a transaction (outdir.py): under a lock, a manifest that no longer describes the plan is removed
 before any shard changes, shards outside the plan are removed, and the manifest is written last.
 """
