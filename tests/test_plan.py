@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,8 @@ from convplat.pipeline.shards import ShardOptions, plan_digest, plan_fingerprint
 prepare_module = importlib.import_module("convplat.pipeline.prepare")
 
 
-def test_record_sink_merges_spilled_runs_into_sorted_order():
+def test_record_sink_merges_spilled_runs_into_sorted_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     rng = random.Random(0)
     records = [
         (rng.choice(["train", "val"]), f"/d/{rng.random()}", rng.randrange(5), "g", f"s{i}")
@@ -34,13 +35,14 @@ def test_record_sink_merges_spilled_runs_into_sorted_order():
     for record in records:
         sink.append(record)
     assert len(sink._runs) == 7  # 49 records spilled, one left in memory
-    run_dir = sink._dir
+    assert list(tmp_path.iterdir()) == []  # unlinked when made: a killed run leaves nothing
+    files = [run.file for run in sink._runs]
     assert list(sink.sorted()) == sorted(records)
     assert list(sink.sorted()) == sorted(records)  # any number of passes
     assert sorted(sink.unordered()) == sorted(records)
     assert sink.counts == {s: sum(r[0] == s for r in records) for s in ("train", "val")}
     sink.close()
-    assert not os.path.exists(run_dir)
+    assert all(f.closed for f in files)
 
 
 def _clash_tree(root: Path) -> Path:
@@ -117,8 +119,7 @@ def test_plan_on_disk_equals_plan_shards(shard_size):
         assert plan.digests == digests
         assert plan.fingerprint() == plan_fingerprint(specs, digests)
         assert plan.split_counts() == {"test": 5, "train": 23, "val": 9}
-        files = plan._dir
-    assert not os.path.exists(files)
+    assert plan._specs.closed
 
 
 def test_plan_refuses_items_out_of_split_order():

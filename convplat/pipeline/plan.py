@@ -6,14 +6,14 @@ shards from a stream of items without a Python object per item in memory. A spli
 to a temporary file (its byte offsets, 8 bytes an item, stay in memory while it is planned,
 beside numpy's permutation, 8 more), each shard's spec is written to a second file, and the
 driver keeps one :class:`PlannedShard` per shard; a task's spec is read back when it is
-handed out. Temporary disk: ~250 bytes an item of the largest split, ~90 bytes an item in all.
+handed out. Temporary disk: ~250 bytes an item of the largest split, ~90 bytes an item in all,
+in files unlinked when made (``tempfile.TemporaryFile``), so even a killed run leaves none.
 """
 
 from __future__ import annotations
 
 import marshal
 import os
-import shutil
 import tempfile
 from array import array
 from collections.abc import Iterable
@@ -56,8 +56,7 @@ class ShardPlan:
 
     def __init__(self) -> None:
         self.shards: list[PlannedShard] = []
-        self._dir = tempfile.mkdtemp(prefix="convplat-plan-")
-        self._specs: BinaryIO = open(os.path.join(self._dir, "specs.bin"), "w+b", buffering=0)  # noqa: SIM115 - closed in close()
+        self._specs: BinaryIO = tempfile.TemporaryFile(prefix="convplat-plan-", buffering=0)
 
     @classmethod
     def build(
@@ -67,7 +66,7 @@ class ShardPlan:
         ``plan_digest``. ``items`` must come sorted by split (a listing's order)."""
         plan = cls()
         try:
-            with open(os.path.join(plan._dir, "items.bin"), "w+b") as store:
+            with tempfile.TemporaryFile(prefix="convplat-plan-items-") as store:
                 split: str | None = None
                 ends = array("q", [0])
                 for item in items:
@@ -136,7 +135,6 @@ class ShardPlan:
 
     def close(self) -> None:
         self._specs.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> ShardPlan:
         return self

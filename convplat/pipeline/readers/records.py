@@ -4,7 +4,8 @@ A reader appends one :data:`Record` per file; every ``run_size`` records the buf
 and written to a temporary file, and :meth:`RecordSink.sorted` merges the runs back into one
 stream, the same order ``sorted(records)`` gives. So listing ImageNet-22k (14 M files) keeps
 at most ``run_size`` records in memory (issue 15 §2: "never hold a list of all items in memory
-that the readers could stream"); the runs cost ~150 bytes a file of temporary disk.
+that the readers could stream"); the runs cost ~150 bytes a file of temporary disk, in files
+that are unlinked when made (``tempfile.TemporaryFile``), so even a killed run leaves none.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import heapq
 import os
 import pickle
-import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from convplat.pipeline.readers.items import Record
 
@@ -34,8 +35,7 @@ class RecordSink:
         self.run_size = run_size
         self.counts: Counter[str] = Counter()  # records per split
         self._buffer: list[Record] = []
-        self._runs: list[str] = []
-        self._dir: str | None = None
+        self._runs: list[_Run] = []
         self._sorted = True
 
     def append(self, record: Record) -> None:
@@ -55,38 +55,39 @@ class RecordSink:
             self._sorted = True
         if not self._runs:
             return iter(self._buffer)
-        return heapq.merge(*(_read_run(path) for path in self._runs), iter(self._buffer))
+        return heapq.merge(*(run.read() for run in self._runs), iter(self._buffer))
 
     def unordered(self) -> Iterator[Record]:
         """Every record, in no particular order (cheaper than :meth:`sorted`)."""
-        for path in self._runs:
-            yield from _read_run(path)
+        for run in self._runs:
+            yield from run.read()
         yield from self._buffer
 
     def close(self) -> None:
-        """Remove the run files and the records kept in memory."""
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-        self._dir, self._runs, self._buffer = None, [], []
+        """Drop the run files and the records kept in memory."""
+        for run in self._runs:
+            run.file.close()
+        self._runs, self._buffer = [], []
 
     def _spill(self) -> None:
-        if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="convplat-listing-")
         self._buffer.sort()
-        path = os.path.join(self._dir, f"run-{len(self._runs):06d}.pkl")
-        with open(path, "wb") as f:
-            for start in range(0, len(self._buffer), _CHUNK):
-                pickle.dump(self._buffer[start : start + _CHUNK], f, pickle.HIGHEST_PROTOCOL)
-        self._runs.append(path)
+        run = _Run(tempfile.TemporaryFile(prefix="convplat-listing-", buffering=0), [])
+        for start in range(0, len(self._buffer), _CHUNK):
+            data = pickle.dumps(self._buffer[start : start + _CHUNK], pickle.HIGHEST_PROTOCOL)
+            run.chunks.append((run.file.seek(0, os.SEEK_END), len(data)))
+            run.file.write(data)
+        self._runs.append(run)
         self._buffer = []
         self._sorted = True
 
 
-def _read_run(path: str) -> Iterator[Record]:
-    with open(path, "rb") as f:
-        while True:
-            try:
-                chunk = pickle.load(f)
-            except EOFError:
-                return
-            yield from chunk
+class _Run:
+    """One sorted run: an unlinked temporary file and where its pickled chunks are."""
+
+    def __init__(self, file: BinaryIO, chunks: list[tuple[int, int]]) -> None:
+        self.file, self.chunks = file, chunks
+
+    def read(self) -> Iterator[Record]:
+        # pread: any number of readers, each with its own position
+        for offset, length in self.chunks:
+            yield from pickle.loads(os.pread(self.file.fileno(), length, offset))
