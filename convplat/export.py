@@ -219,7 +219,7 @@ def extract(
         raise ConfigError(f"--pool: expected one of {', '.join(POOLS)}, got {pool!r}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size: expected >= 1, got {batch_size}")
-    checkpoint = load_checkpoint(run)
+    checkpoint = load_checkpoint(run, option="RUN")
     with torch.device("meta"):
         from convplat.training.models import create_model
 

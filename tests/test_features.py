@@ -206,9 +206,11 @@ def test_user_mistakes_exit_2_with_one_line(workspace: Path, capsys):
     assert main(["features", run, str(workspace / "shards"), "--layer", "conv9"]) == 2
     assert main(["features", run, str(workspace / "nowhere")]) == 2
     assert main(["features", run, str(workspace / "shards"), "--executor", "spark"]) == 2
+    assert main(["features", str(workspace / "no-run"), str(workspace / "shards")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("convplat: error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("convplat: error:") for line in err)
     assert "conv9" in err[0] and "nowhere" in err[1] and "--executor" in err[2]
+    assert "RUN: " in err[3] and "--checkpoint" not in err[3]  # RUN is an argument here
 
 
 def test_each_task_writes_its_own_part_and_returns_only_counts(workspace: Path, monkeypatch):

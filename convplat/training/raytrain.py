@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -231,9 +232,15 @@ def error_report(error: BaseException) -> str:
 
 
 def root_cause(error: BaseException) -> str:
-    """The last non-empty line of an error: for a worker failure, the worker's exception."""
+    """The last non-empty line of an error: for a worker failure, the worker's exception.
+
+    convplat's own errors are written for users, so their class name is dropped; any other
+    exception keeps its name (``RuntimeError: ...`` says what kind of failure it was).
+    """
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    return re.sub(r"^convplat\.[\w.]+: ", "", lines[-1].strip())
 
 
 def _show_progress(thread: threading.Thread, queue, config: ScalingSettings) -> None:
