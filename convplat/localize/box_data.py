@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import simplejpeg
@@ -41,6 +41,11 @@ class BoxBatch:
     boxes: list[torch.Tensor]
     keys: list[str]
     indices: list[int] = field(default_factory=list)
+
+    def pin_memory(self) -> BoxBatch:
+        """The batch with its images in page-locked memory (the DataLoader's ``pin_memory``
+        calls this), for asynchronous copies to the GPU as in classification training."""
+        return replace(self, images=self.images.pin_memory())
 
 
 def decode_sample(sample: dict, frame: int) -> tuple[np.ndarray, int, np.ndarray, str]:
@@ -131,6 +136,7 @@ def train_box_loader(
     num_workers: int | None = None,
     seed: int = 0,
     shuffle_buffer: int = 1000,
+    pin_memory: bool = False,
 ) -> TrainLoader:
     """Training :class:`BoxBatch` es for every epoch (``loader.epoch(e)``) on one rank.
 
@@ -147,6 +153,7 @@ def train_box_loader(
         num_workers=num_workers,
         seed=seed,
         shuffle_buffer=shuffle_buffer,
+        pin_memory=pin_memory,
         codec=BoxCodec(shard_set.size, training=True),
     )
 
@@ -160,6 +167,7 @@ def eval_box_loader(
     world_size: int = 1,
     num_workers: int | None = None,
     limit: int = 0,
+    pin_memory: bool = False,
 ) -> ShardLoader:
     """Every sample of ``split`` (``limit``: of its first ``limit``) exactly once over all
     ranks and loader workers, as :class:`BoxBatch` es (boxless samples included)."""
@@ -173,4 +181,5 @@ def eval_box_loader(
         num_workers=num_workers,
         codec=BoxCodec(shard_set.size, training=False),
         limit=limit,
+        pin_memory=pin_memory,
     )

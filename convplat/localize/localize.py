@@ -148,6 +148,7 @@ def localize_loop_per_worker(loop_config: dict) -> None:
         rank=worker.rank,
         world_size=worker.world_size,
         num_workers=loader_workers,
+        pin_memory=device.type == "cuda",  # async host-to-device copies, as in `train`
     )
 
     model, record = load_run_model(config.run, config.weights)
@@ -178,7 +179,8 @@ def localize_loop_per_worker(loop_config: dict) -> None:
         started = time.perf_counter()
         for step, batch in enumerate(batches):
             flips = torch.randint(0, 2, (len(batch.labels),), generator=generator) * config.flip
-            images = frames_to_inputs(batch.images.to(device), transform, flips.to(device))
+            images = batch.images.to(device, non_blocking=True)
+            images = frames_to_inputs(images, transform, flips.to(device))
             boxes = [
                 mirror(b, images.shape[-1]) if f else b
                 for b, f in zip(batch.boxes, flips.tolist(), strict=True)
