@@ -315,6 +315,8 @@ def test_localize_train_and_eval_through_the_cli(demo_run, capsys):
     [
         ["localize", "eval", "{run}", "--scales", "100"],  # too small for one window
         ["localize", "eval", "{run}", "--top-k", "0"],
+        ["localize", "eval", "{run}", "--loader-workers", "-2"],
+        ["localize", "train", "{run}", "--loader-workers", "-2"],
         ["localize", "train", "{run}", "--scales", "a,b"],
         ["localize", "eval", "/no/such/run"],
     ],
