@@ -179,9 +179,9 @@ def _prepare_locked(config, listing, options, specs, digests, location, started,
     try:
         for name in list(infos):
             collect(infos[name], None)
-        ran = "none"
+        ran, nodes = "none", set()
         if todo:
-            ran = _run_tasks(todo, config, executor, options, collect, len(specs), kept)
+            ran = _run_tasks(todo, config, executor, options, collect, len(specs), kept, nodes)
             _check_visible(location, todo)
         train_infos = [i for i in infos.values() if i.split == "train"]
         if sum(i.count for i in train_infos) == 0:
@@ -213,6 +213,7 @@ def _prepare_locked(config, listing, options, specs, digests, location, started,
         "seconds": round(seconds, 2),
         "images_per_s": round(written / seconds, 1),
         "executor": ran,
+        "ray_nodes": len(nodes),  # distinct Ray nodes the shard tasks ran on (0: no Ray)
     }
     return manifest
 
@@ -237,15 +238,17 @@ def _run_tasks(
     collect: Callable[[ShardInfo, dict], None],
     total: int,
     done: int,
+    nodes: set[str],
 ) -> str:
     """Run the shard tasks where it pays (see :func:`_executor`); ``collect`` takes each result
-    as its task finishes. Returns the executor used: ``ray``, ``pool`` or ``inline``."""
+    as its task finishes and ``nodes`` gets the Ray nodes they ran on. Returns the executor
+    used: ``ray``, ``pool`` or ``inline``."""
     images = sum(len(spec.items) for spec in todo)
     executor = _executor(config, executor, images, len(todo))
     if executor == "ray":
         ensure_ray(config.address, num_cpus=config.num_cpus)
         jobs = ((spec, (spec, config.out, options), {}) for spec in todo)
-        results = fan_out(write_shard, jobs)
+        results = fan_out(write_shard, jobs, nodes=nodes)
     else:
         workers = 1 if executor == "inline" else _local_workers(config, len(todo))
         results = run_local(todo, config.out, options, workers)

@@ -368,16 +368,21 @@ class Worker:
         return meta
 
     def announce(self, start_epoch: int, **extra) -> None:
-        """The ``start`` event in ``events.jsonl``: first epoch, world size, every rank's pid."""
-        pids = [os.getpid()] * self.world_size
+        """The ``start`` event in ``events.jsonl``: first epoch, world size, every rank's pid
+        and Ray node id (on a cluster: which machines the run really used)."""
+        import ray
+
+        here = (os.getpid(), ray.get_runtime_context().get_node_id())
+        ranks = [here] * self.world_size
         if self.distributed:
-            dist.all_gather_object(pids, os.getpid())
+            dist.all_gather_object(ranks, here)
         if self.chief:
             event = {
                 "event": "start",
                 "epoch": start_epoch,
                 "world_size": self.world_size,
-                "pids": pids,
+                "pids": [pid for pid, _ in ranks],
+                "nodes": [node for _, node in ranks],
                 "host": socket.gethostname(),
                 **extra,
             }
