@@ -73,23 +73,28 @@ def fan_out(
     num_gpus: float = 0,
     max_retries: int = 2,
     max_in_flight: int | None = None,
+    nodes: set[str] | None = None,
 ) -> Iterator[tuple[K, Any]]:
     """Run ``fn(*args, **kwargs)`` as one Ray task per ``(key, args, kwargs)`` job and yield
     ``(key, result)`` in completion order.
 
     Jobs are submitted lazily, at most ``max_in_flight`` at a time (default: all), and each
     result's object reference is dropped as soon as it is yielded, so neither the driver nor
-    the object store holds more than the tasks in flight.
+    the object store holds more than the tasks in flight. ``nodes``, when given, collects the
+    ids of the Ray nodes the tasks ran on (so a command can say it really used the cluster).
     """
     import ray
 
-    task = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
+    name = getattr(fn, "__name__", "task")  # the task's name in Ray, not the wrapper's
+    task = ray.remote(_on_node).options(
+        name=name, num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries
+    )
     source = iter(jobs)
     pending: dict[Any, K] = {}
 
     def submit() -> bool:
         for key, args, kwargs in source:
-            pending[task.remote(*args, **kwargs)] = key
+            pending[task.remote(fn, *args, **kwargs)] = key
             return True
         return False
 
@@ -100,7 +105,7 @@ def fan_out(
         ref = ready[0]
         key = pending.pop(ref)
         try:
-            result = ray.get(ref)
+            node, result = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
             # A user mistake inside a task (a damaged shard, a full disk): its own one line,
             # not Ray's wrapper with the worker's traceback.
@@ -108,5 +113,15 @@ def fan_out(
                 raise exc.cause from None
             raise
         del ref, ready
+        if nodes is not None:
+            nodes.add(node)
         submit()
         yield key, result
+
+
+def _on_node(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[str, Any]:
+    """The id of the Ray node running this task, and ``fn``'s result (``args`` stay top-level
+    task arguments, so Ray still resolves any ObjectRef among them)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), fn(*args, **kwargs)

@@ -39,6 +39,7 @@ import torch
 from convplat.cluster import RAY_MIN_IMAGES, use_ray
 from convplat.config import EXECUTORS
 from convplat.errors import ConfigError, DatasetError
+from convplat.pipeline.outdir import OutputError
 from convplat.pipeline.readers import IMAGE_EXTENSIONS, read_dataset
 from convplat.pipeline.shardset import ShardSet, ShardTask
 from convplat.storage import Location, resolve
@@ -89,8 +90,10 @@ def open_source(source: str, split: str = "all", layout: str = "auto") -> Source
             f"{source}: expected a shard directory (with manifest.json, from `convplat "
             "prepare`) or a folder of images"
         )
+    # Absolute: the paths go to Ray tasks, maybe on other nodes in other working directories.
     entries = sorted(
-        (e for e in os.scandir(source) if not e.name.startswith(".")), key=lambda e: e.name
+        (e for e in os.scandir(location.path) if not e.name.startswith(".")),
+        key=lambda e: e.name,
     )
     images = [e for e in entries if e.is_file() and _is_image(e.name)]
     if images and not any(e.is_dir() for e in entries):  # a flat folder: no classes
@@ -219,7 +222,7 @@ def extract(
         raise ConfigError(f"--pool: expected one of {', '.join(POOLS)}, got {pool!r}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size: expected >= 1, got {batch_size}")
-    checkpoint = load_checkpoint(run)
+    checkpoint = load_checkpoint(run, option="RUN")
     with torch.device("meta"):
         from convplat.training.models import create_model
 
@@ -257,13 +260,13 @@ def extract(
         "classes": src.classes,
     }
     on_ray = use_ray(executor, src.count, address, ray_min_images)
-    rows, parts, rejects = 0, [], {}
+    rows, parts, rejects, nodes = 0, [], {}, set()
     with progress_bar(enabled=progress) as bar:
         task = bar.add_task(f"{name} features", total=src.count, rate="")
         size = int(mean.shape[0])
         if on_ray:
             results = _run_ray(
-                src, spec, checkpoint.weights, size, quality, location, meta, address
+                src, spec, checkpoint.weights, size, quality, location, meta, address, nodes
             )
         else:
             results = _run_local(src, spec, checkpoint.weights, size, quality, location, meta)
@@ -273,6 +276,8 @@ def extract(
             if result["rows"]:
                 parts.append(part_name(index))
             bar.advance(task, result["images"])
+    if on_ray:
+        _check_visible(location, parts)
     rejected = [r for index in sorted(rejects) for r in rejects[index]]  # in source order
     if not rows:
         example = f" (e.g. {rejected[0][0]}: {rejected[0][1]})" if rejected else ""
@@ -286,9 +291,22 @@ def extract(
         "dim": dim,
         "layer": name,
         "executor": "ray" if on_ray else "local",
+        "ray_nodes": len(nodes),  # distinct Ray nodes the tasks ran on (0: no Ray)
         "rejected": rejected,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _check_visible(location: Location, parts: list[str]) -> None:
+    """Parts that tasks on other nodes wrote to their own local disks are not here: say so
+    rather than write a ``_features.json`` that lists files nobody can read."""
+    missing = [name for name in parts if not location.exists(name)]
+    if missing:
+        raise OutputError(
+            f"{len(missing)} part(s) written by the cluster's tasks are not visible under "
+            f"{location.uri} (e.g. {missing[0]}): with --address, --out must be storage every "
+            "node shares (an s3://, gs://, hdfs:// URI or a shared mount)"
+        )
 
 
 def _claim_output(target: str) -> Location:
@@ -365,10 +383,12 @@ def _run_ray(
     location: Location,
     meta: dict,
     address: str | None,
+    nodes: set[str] | None = None,
 ) -> Iterator[tuple[int, dict]]:
     """One Ray task per shard, or per chunk of files (about two per CPU; one GPU each when the
     cluster has GPUs); the weights and mean image go to the object store once. Each task
-    writes its part and returns a row count, so nothing the size of the features comes back."""
+    writes its part and returns a row count, so nothing the size of the features comes back.
+    ``nodes`` gets the ids of the Ray nodes the tasks ran on."""
     import ray
 
     from convplat.cluster import cluster_size, ensure_ray, fan_out
@@ -383,7 +403,7 @@ def _run_ray(
     fn = _shard_task if src.kind == "shards" else _files_task
     extra = (spec, weights_ref) if src.kind == "shards" else (spec, weights_ref, size, quality)
     jobs = ((i, (*args, *extra, part), {}) for i, args, part in _jobs(src, location, meta, chunk))
-    yield from fan_out(fn, jobs, num_cpus=1, num_gpus=1 if gpus else 0)
+    yield from fan_out(fn, jobs, num_cpus=1, num_gpus=1 if gpus else 0, nodes=nodes)
 
 
 def _shard_task(uri: str, name: str, count: int, spec: dict, weights: bytes, part: Part) -> dict:

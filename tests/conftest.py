@@ -53,6 +53,31 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torch cache (``TORCH_HOME``) for this test: nothing from the user's is read."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def cached_alexnet(torch_home):
+    """A randomly initialised torchvision AlexNet whose state dict sits in the temporary torch
+    cache under the file name torchvision's weights API uses (nothing is downloaded); returns
+    that model, in eval mode, as the reference for ``torchvision:alexnet``."""
+    import torch
+    import torchvision
+
+    from convplat.training.models.pretrained import torchvision_cache_file
+
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet(weights=None).eval()
+    path = torchvision_cache_file()
+    os.makedirs(os.path.dirname(path))
+    torch.save(reference.state_dict(), path)
+    return reference
+
+
 def make_imagenet_tree(
     root,
     classes: int = 3,

@@ -22,8 +22,10 @@ def test_use_ray_rule(monkeypatch):
 def test_fan_out_returns_every_result_once(ray_session, in_flight):
     # A library function as the task: test modules are not importable in Ray's workers.
     jobs = ((i, (str(i),), {"parse_int": lambda s: s * 2}) for i in range(20))
-    got = dict(fan_out(json.loads, jobs, max_in_flight=in_flight))
+    nodes: set[str] = set()
+    got = dict(fan_out(json.loads, jobs, max_in_flight=in_flight, nodes=nodes))
     assert got == {i: str(i) * 2 for i in range(20)}
+    assert nodes == {ray_session.get_runtime_context().get_node_id()}  # one local node
 
 
 def test_fan_out_raises_a_task_s_user_error_as_itself(ray_session, tmp_path):

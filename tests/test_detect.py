@@ -468,6 +468,7 @@ def test_detect_train_and_eval_through_the_cli(source_run, demo_shards, tmp_path
         ("detect", "eval", "{source}"),  # a classification run is not a detection run
         ("detect", "train", "{source}", "--scales", "big"),
         ("detect", "train", "{source}", "--stride", "medium"),
+        ("detect", "train", "{source}", "--loader-workers", "-2"),
         ("detect", "train", "{missing}"),
         ("detect", "train", "{source}", "--out", "{tmp}", "--run-name", "taken"),
         ("detect", "train", "{source}", "--out", "{tmp}", "--gpus", "1"),

@@ -138,7 +138,8 @@ def test_cli_ray_tasks_on_a_folder_equal_in_process(workspace: Path, capsys):
     assert main(["features", *args, "--out", str(local), "--executor", "local"]) == 0
     assert main(["features", *args, "--out", str(remote), "--executor", "ray"]) == 0
     printed = capsys.readouterr().out
-    assert "5 x 3 fc8 features" in printed and "1 rejected" in printed and "(ray," in printed
+    assert "5 x 3 fc8 features" in printed and "1 rejected" in printed
+    assert "(ray on 1 node(s)," in printed  # the local Ray: one node
     a, b = read_features(str(local)), read_features(str(remote))
     assert a["keys"] == b["keys"] == [f"img{i}" for i in range(5)]
     assert a["labels"].tolist() == [-1] * 5  # a flat folder has no classes
@@ -206,9 +207,11 @@ def test_user_mistakes_exit_2_with_one_line(workspace: Path, capsys):
     assert main(["features", run, str(workspace / "shards"), "--layer", "conv9"]) == 2
     assert main(["features", run, str(workspace / "nowhere")]) == 2
     assert main(["features", run, str(workspace / "shards"), "--executor", "spark"]) == 2
+    assert main(["features", str(workspace / "no-run"), str(workspace / "shards")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("convplat: error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("convplat: error:") for line in err)
     assert "conv9" in err[0] and "nowhere" in err[1] and "--executor" in err[2]
+    assert "RUN: " in err[3] and "--checkpoint" not in err[3]  # RUN is an argument here
 
 
 def test_each_task_writes_its_own_part_and_returns_only_counts(workspace: Path, monkeypatch):
@@ -262,3 +265,28 @@ def test_a_damaged_shard_read_in_a_ray_task_is_one_line(workspace: Path, tmp_pat
     message = str(caught.value)
     assert type(caught.value) is DatasetError, type(caught.value)  # not Ray's wrapper
     assert "val-000000.tar" in message and "\n" not in message
+
+
+def test_a_relative_flat_folder_reaches_the_tasks_as_absolute_paths(workspace: Path, monkeypatch):
+    """Tasks on other nodes run in other working directories: the file paths they get must
+    not depend on the driver's."""
+    from convplat.export import open_source
+
+    monkeypatch.chdir(workspace)
+    source = open_source("images")
+    assert len(source.paths) == 6 and all(Path(p).is_absolute() for p in source.paths)
+    assert Path(source.paths[0]).parent == workspace / "images"
+
+
+def test_parts_a_cluster_wrote_elsewhere_are_one_line(tmp_path: Path):
+    """With --address and a local --out, parts written on other nodes' disks are missing here:
+    features says so instead of writing a _features.json that lists them."""
+    from convplat.export import _check_visible
+    from convplat.pipeline.outdir import OutputError
+    from convplat.storage import resolve
+
+    (tmp_path / "part-000000.parquet").write_bytes(b"x")
+    parts = ["part-000000.parquet", "part-000001.parquet"]
+    with pytest.raises(OutputError, match="1 part.*part-000001.parquet.*shares"):
+        _check_visible(resolve(tmp_path), parts)
+    _check_visible(resolve(tmp_path), parts[:1])

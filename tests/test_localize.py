@@ -239,7 +239,7 @@ def demo_run(tmp_path_factory, ray_session):
 
 
 def test_regression_loss_falls_on_a_fixed_batch(demo_run):
-    from convplat.localize.box_data import train_box_batches
+    from convplat.localize.box_data import train_box_loader
     from convplat.localize.multiscale import (
         build_regressor,
         frames_to_inputs,
@@ -255,9 +255,9 @@ def test_regression_loss_falls_on_a_fixed_batch(demo_run):
     torch.manual_seed(0)
     regressor = build_regressor(model, {"per_class": False, "hidden": (32, 16)})
     transform = BatchTransform.from_stats(load_stats(record["data"]), input_scale=1 / 64)
-    batches, length = train_box_batches(record["data"], batch_size=2, epoch=1)
-    assert length == 12 // 2  # every demo image has a box of its class
-    batch = next(batches)
+    loader = train_box_loader(record["data"], batch_size=2, num_workers=0)
+    assert len(loader) == 12 // 2  # every demo image has a box of its class
+    batch = next(iter(loader.epoch(1)))
     assert all(len(b) >= 1 for b in batch.boxes)
     images = frames_to_inputs(batch.images, transform)
     optimizer = torch.optim.Adam(regressor.parameters(), lr=1e-3)
@@ -296,6 +296,7 @@ def test_localize_train_and_eval_through_the_cli(demo_run, capsys):
     assert "resumed from checkpoint" not in capsys.readouterr().err
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["start"]
+    assert events[0]["loader_workers"] == 0  # each of the 2 workers got 1 of the 2 CPUs
     assert (out / "checkpoints" / "latest").read_text().strip() == "epoch-001"
 
     code = main(["localize", "eval", run, "--scales", "245,281", "--samples", "2", "--limit", "4"])
@@ -314,6 +315,8 @@ def test_localize_train_and_eval_through_the_cli(demo_run, capsys):
     [
         ["localize", "eval", "{run}", "--scales", "100"],  # too small for one window
         ["localize", "eval", "{run}", "--top-k", "0"],
+        ["localize", "eval", "{run}", "--loader-workers", "-2"],
+        ["localize", "train", "{run}", "--loader-workers", "-2"],
         ["localize", "train", "{run}", "--scales", "a,b"],
         ["localize", "eval", "/no/such/run"],
     ],
@@ -343,7 +346,7 @@ def test_localize_user_mistakes_exit_2(args, demo_run, capsys, tmp_path):
 
 
 def test_per_class_regression_trains_only_the_label_boxes(demo_run):
-    from convplat.localize.box_data import eval_box_batches
+    from convplat.localize.box_data import eval_box_loader
     from convplat.localize.multiscale import (
         build_regressor,
         frames_to_inputs,
@@ -358,7 +361,7 @@ def test_per_class_regression_trains_only_the_label_boxes(demo_run):
     model = freeze_all(model)
     regressor = build_regressor(model, {"per_class": True, "hidden": (8, 4)})
     transform = BatchTransform.from_stats(load_stats(record["data"]), input_scale=1 / 64)
-    batch = next(eval_box_batches(record["data"], "val", batch_size=1))
+    batch = next(iter(eval_box_loader(record["data"], "val", batch_size=1, num_workers=0)))
     loss, count = regression_loss(
         model,
         regressor,

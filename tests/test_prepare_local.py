@@ -42,8 +42,10 @@ def test_every_executor_writes_the_same_bytes(raw, tmp_path, ray_session, monkey
         )  # fmt: skip
         return prepare(config, executor=executor)["summary"]
 
-    assert run("ray", "ray")["executor"] == "ray"
-    assert run("inline", "auto")["executor"] == "inline"  # a tiny job: no pool, no Ray
+    summary = run("ray", "ray")
+    assert summary["executor"] == "ray" and summary["ray_nodes"] == 1  # the local Ray
+    summary = run("inline", "auto")
+    assert summary["executor"] == "inline" and summary["ray_nodes"] == 0  # tiny: no pool or Ray
     monkeypatch.setattr(prepare_module, "LOCAL_POOL_MIN_IMAGES", 0)
     assert run("pool", "local")["executor"] == "pool"
     reference = tree_digests(tmp_path / "ray")

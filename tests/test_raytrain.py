@@ -21,6 +21,7 @@ from convplat.training.raytrain import (
     check_finite,
     check_scaling,
     new_run_dir,
+    root_cause,
     run_name,
     run_trainer,
 )
@@ -115,3 +116,12 @@ def test_a_failed_run_writes_the_worker_traceback_to_error_log(tmp_path: Path, r
     assert "\n" not in message and str(storage / "error.log") in message
     log = (storage / "error.log").read_text()
     assert "Traceback" in log and "no_such_setting" in log and "train_loop_per_worker" in log
+
+
+def test_root_cause_drops_only_convplat_class_names() -> None:
+    """A worker's DatasetError is a user-facing line; a RuntimeError keeps its kind."""
+    shard = "Traceback ...\nconvplat.errors.DatasetError: shard train-000001.tar is damaged"
+    assert root_cause(RuntimeError(shard)) == "shard train-000001.tar is damaged"
+    other = "Traceback ...\nRuntimeError: CUDA out of memory"
+    assert root_cause(RuntimeError(other)) == "RuntimeError: CUDA out of memory"
+    assert root_cause(RuntimeError("")) == "RuntimeError"

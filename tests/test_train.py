@@ -222,6 +222,10 @@ def test_loader_workers_follow_the_cpus_a_worker_got(shards, tmp_path):
     run = Path(fit(dataclasses.replace(config, limit_train_batches=1, run_name="lw")))
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert [e["loader_workers"] for e in events if e["event"] == "start"] == [1]
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()  # the local Ray's one node ran the rank
+    assert [e["nodes"] for e in events if e["event"] == "start"] == [[here]]
 
 
 def test_unknown_model_and_missing_shards_fail_cleanly(capsys, tmp_path):

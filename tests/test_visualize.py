@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -208,6 +209,24 @@ def test_occlusion_known_answer():
         np.testing.assert_allclose(single[key], maps[key], rtol=1e-6)
     default = occlusion(corner_model(), image, size=8, stride=4)
     assert default["target"] == 1 and default["prob"].shape == (7, 7)
+
+
+def test_box_drops_split_positions_by_the_object_box():
+    from convplat.visualize.occlusion import box_drops
+
+    image = torch.zeros(3, 32, 32)
+    image[0, :8, :8] = 1.0
+    maps = occlusion(corner_model(), image, label=1, size=8, stride=4)  # tops/lefts 0, 4, …, 24
+    clean = 1 / (1 + math.exp(-64))
+    inside, outside = box_drops(maps, clean, [(0, 0, 8, 8)])
+    # Centres (4, 4), (4, 8), (8, 4) and (8, 8) lie in the box; only the square at (0, 0)
+    # hides the whole corner (p = 1/2); the others leave a logit of 16 or 32 (p ~ 1).
+    assert len(inside) == 4 and max(inside) == pytest.approx(clean - 0.5)
+    assert np.allclose(sorted(inside)[:3], 0, atol=1e-6)
+    assert len(outside) == 49 - 4  # the squares at 0 and 4 on both axes touch the box
+    assert np.allclose(outside, 0, atol=1e-9)
+    both, _ = box_drops(maps, clean, [(0, 0, 8, 8), (24, 24, 32, 32)])
+    assert len(both) == 8
 
 
 def test_occlusion_rejects_bad_arguments():

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from convplat.cli import options
 from convplat.cli.common import given
 from convplat.errors import ConfigError
 
@@ -69,6 +70,7 @@ def train(
     gpus: Annotated[int | None, typer.Option(help="Ray Train workers with one GPU each.")] = None,
     workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
     cpus_per_worker: Annotated[int | None, typer.Option(help="CPUs per worker (0: even).")] = None,
+    loader_workers: options.LoaderWorkers = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     limit_train_batches: Annotated[
         int | None, typer.Option(help="Steps per epoch for a smoke run (0: all).")
@@ -113,6 +115,7 @@ def evaluate(
         int | None, typer.Option(help="Evaluate only this many images (0: all).")
     ] = None,
     pictures: Annotated[int | None, typer.Option(help="Images drawn in the PNG (6).")] = None,
+    loader_workers: options.EvalLoaderWorkers = None,
     regressor: Annotated[
         str | None,
         typer.Option(

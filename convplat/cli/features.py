@@ -67,7 +67,10 @@ def features_command(
     note = (
         f", {len(rejected)} rejected (e.g. {rejected[0][0]}: {rejected[0][1]})" if rejected else ""
     )
+    where = summary["executor"]
+    if summary["ray_nodes"]:
+        where += f" on {summary['ray_nodes']} node(s)"
     print(
         f"{summary['rows']} x {summary['dim']} {summary['layer']} features -> {summary['out']} "
-        f"({summary['executor']}, {summary['seconds']:.1f} s{note})"
+        f"({where}, {summary['seconds']:.1f} s{note})"
     )

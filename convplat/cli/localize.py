@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from convplat.cli import options
 from convplat.cli.common import given
 from convplat.errors import ConfigError
 
@@ -62,6 +63,7 @@ def localize_train(
     optimizer: Annotated[str | None, typer.Option(help="adam or sgd.")] = None,
     gpus: Annotated[int | None, typer.Option(help="Ray Train workers with one GPU each.")] = None,
     workers: Annotated[int | None, typer.Option(help="CPU workers when --gpus 0.")] = None,
+    loader_workers: options.LoaderWorkers = None,
     weights: Annotated[str | None, typer.Option(help="Run weights: final, best or latest.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     limit_train_batches: Annotated[
@@ -116,6 +118,7 @@ def localize_eval(
     limit: Annotated[int | None, typer.Option(help="At most this many images (0: all).")] = None,
     samples: Annotated[int | None, typer.Option(help="Images drawn in the PNG (8).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: auto).")] = None,
+    loader_workers: options.EvalLoaderWorkers = None,
 ) -> None:
     """ILSVRC top-1/top-5 localization error, and a PNG of predicted vs true boxes."""
     values = given(locals(), exclude=("run",))

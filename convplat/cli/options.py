@@ -20,6 +20,10 @@ CpusPerWorker = Annotated[int | None, typer.Option(help="CPUs per worker (0: eve
 LoaderWorkers = Annotated[
     int | None, typer.Option(help="Data-loader processes per worker (-1: CPUs per worker - 1).")
 ]
+EvalLoaderWorkers = Annotated[
+    int | None,
+    typer.Option(help="Data-loader processes (-1: one fewer than the CPUs, at most 8)."),
+]
 LimitTrainBatches = Annotated[
     int | None, typer.Option(help="Batches per epoch for a smoke run (0: all).")
 ]

@@ -127,3 +127,5 @@ def prepare_command(
         f"{summary['written']} written in {summary['seconds']} s "
         f"({summary['images_per_s']} images/s)"
     )
+    if summary["ray_nodes"]:
+        console.print(f"shard tasks ran on {summary['ray_nodes']} Ray node(s)")

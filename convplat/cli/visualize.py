@@ -14,10 +14,24 @@ visualize_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Run = Annotated[str, typer.Argument(help="Run directory.")]
-Out = Annotated[str | None, typer.Option(help="Output folder (default RUN/visualize).")]
+Run = Annotated[
+    str,
+    typer.Argument(
+        help="Run directory, or torchvision:alexnet (torchvision's ImageNet weights from the "
+        "torch cache)."
+    ),
+]
+Out = Annotated[
+    str | None,
+    typer.Option(
+        help="Output folder (default RUN/visualize; ./visualize-torchvision-alexnet for "
+        "torchvision:alexnet)."
+    ),
+]
 Weights = Annotated[str | None, typer.Option(help="final (default), best or latest.")]
-Data = Annotated[str | None, typer.Option(help="Shards (default: the run's).")]
+Data = Annotated[
+    str | None, typer.Option(help="Shards (default: the run's; needed for torchvision:alexnet).")
+]
 Layer = Annotated[int, typer.Option(help="Conv layer 1-5.")]
 
 

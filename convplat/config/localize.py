@@ -43,6 +43,7 @@ class LocalizeConfig(WorkerScale):
     gpus: int = 0
     workers: int = 1
     cpus_per_worker: int = 0
+    loader_workers: int = -1  # -1: one fewer than the worker's CPUs
     seed: int = 0
     limit_train_batches: int = 0
     limit_val_batches: int = 0
@@ -68,7 +69,12 @@ class LocalizeConfig(WorkerScale):
         check(self.lr > 0, f"--lr: expected > 0, got {self.lr}")
         choice("--optimizer", self.optimizer, OPTIMIZERS)
         choice("--weights", self.weights, WEIGHTS_CHOICES)
+        check_loader_workers(self.loader_workers)
         self.check_scale()
+
+
+def check_loader_workers(value: int) -> None:
+    check(value >= -1, f"--loader-workers: expected >= 0, or -1 for the CPUs' default, got {value}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class DetectConfig(WorkerScale):
     gpus: int = 0
     workers: int = 1
     cpus_per_worker: int = 0
+    loader_workers: int = -1  # -1: one fewer than the worker's CPUs
     seed: int = 0
     keep_checkpoints: int = 1
     max_failures: int = 2
@@ -132,5 +139,6 @@ class DetectConfig(WorkerScale):
             min(self.random_negatives, self.hard_negatives) >= 0,
             "--random-negatives and --hard-negatives: expected >= 0",
         )
+        check_loader_workers(self.loader_workers)
         self.check_scale()
         check(self.limit_train_batches >= 0, "--limit-train-batches: expected >= 0")

@@ -1,5 +1,6 @@
-"""Shards -> (images, labels, boxes) batches for localization: like ``training/data.py`` but
-also reading each sample's ``json`` for its ground-truth boxes (in the prepared frame).
+"""Shards -> (images, labels, boxes) batches for localization: the shared shard streams of
+``training/data.py`` (shard plan, cycling, shuffling, loader processes, exact-once
+evaluation) with a codec that also reads each sample's ``json`` for its ground-truth boxes.
 
 A sample's boxes are those of its own class (``box_labels``, when the reader recorded them,
 else every box: ImageNet LOC files only box the image's class). Images come as the central
@@ -12,36 +13,39 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
-from itertools import islice
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import simplejpeg
 import torch
-import webdataset as wds
 
 from convplat.errors import DatasetError
-from convplat.pipeline.shardset import (
-    WITH_METADATA,
-    assign_shards,
-    read_manifest,
-    read_shard_samples,
-    split_shards,
-)
+from convplat.pipeline.shardset import WITH_METADATA, ShardSet
 from convplat.storage import resolve
-from convplat.training.data import train_batches
+from convplat.training.data import (
+    ShardLoader,
+    TrainLoader,
+    eval_loader,
+    new_uint8_batch,
+)
 
 
 @dataclass
 class BoxBatch:
     """One batch: uint8 ``images (B, S, S, 3)``, int64 ``labels (B,)``, per-image float
-    ``boxes`` ``[(K_i, 4)]`` in frame pixels (xyxy), and the sample ``keys``."""
+    ``boxes`` ``[(K_i, 4)]`` in frame pixels (xyxy), the sample ``keys`` and (evaluation) their
+    ``indices``, positions in the split (manifest order; -1 in training)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     boxes: list[torch.Tensor]
     keys: list[str]
+    indices: list[int] = field(default_factory=list)
+
+    def pin_memory(self) -> BoxBatch:
+        """The batch with its images in page-locked memory (the DataLoader's ``pin_memory``
+        calls this), for asynchronous copies to the GPU as in classification training."""
+        return replace(self, images=self.images.pin_memory())
 
 
 def decode_sample(sample: dict, frame: int) -> tuple[np.ndarray, int, np.ndarray, str]:
@@ -71,13 +75,43 @@ def decode_sample(sample: dict, frame: int) -> tuple[np.ndarray, int, np.ndarray
     return image, label, boxes, key
 
 
-def _collate(decoded: list[tuple[np.ndarray, int, np.ndarray, str]]) -> BoxBatch:
-    return BoxBatch(
-        images=torch.from_numpy(np.stack([d[0] for d in decoded])),
-        labels=torch.tensor([d[1] for d in decoded], dtype=torch.int64),
-        boxes=[torch.from_numpy(d[2]) for d in decoded],
-        keys=[d[3] for d in decoded],
-    )
+class BoxCodec:
+    """The localization :class:`~convplat.training.data.SampleCodec`: frames with their boxes
+    into :class:`BoxBatch`; ``training`` leaves out (and does not count) boxless samples."""
+
+    suffixes = WITH_METADATA
+
+    def __init__(self, frame: int, training: bool) -> None:
+        self.frame, self.training = frame, training
+
+    def count(self, shard_set: ShardSet, split: str) -> int:
+        if not self.training:
+            return shard_set.count(split)
+        count = boxed_count(shard_set.uri, split)
+        if count == 0:
+            raise DatasetError(
+                f"{shard_set.uri}: no training sample has a box; localization needs "
+                "boxes (ImageNet LOC / VOC annotations, or `convplat demo-data`)"
+            )
+        return count
+
+    def decode(self, sample: dict) -> tuple | None:
+        image, label, boxes, key = decode_sample(sample, self.frame)
+        if self.training and not len(boxes):
+            return None
+        return image, label, boxes, key, int(sample.get("__index__", -1))
+
+    def collate(self, decoded: list[tuple], rng=None) -> BoxBatch:
+        images, pixels = new_uint8_batch((len(decoded), self.frame, self.frame, 3))
+        for i, item in enumerate(decoded):
+            pixels[i] = item[0]
+        return BoxBatch(
+            images=images,
+            labels=torch.tensor([d[1] for d in decoded], dtype=torch.int64),
+            boxes=[torch.from_numpy(d[2]) for d in decoded],
+            keys=[d[3] for d in decoded],
+            indices=[d[4] for d in decoded],
+        )
 
 
 def boxed_count(shard_dir: str | os.PathLike, split: str) -> int:
@@ -93,85 +127,59 @@ def boxed_count(shard_dir: str | os.PathLike, split: str) -> int:
     return sum(1 for s, b in zip(rows["split"], rows["boxes"], strict=True) if s == split and b)
 
 
-def train_box_batches(
+def train_box_loader(
     shard_dir: str | os.PathLike,
     *,
     batch_size: int,
-    epoch: int,
     rank: int = 0,
     world_size: int = 1,
+    num_workers: int | None = None,
     seed: int = 0,
     shuffle_buffer: int = 1000,
-) -> tuple[Iterator[BoxBatch], int]:
-    """One training epoch on one rank and its length (the same on every rank, for DDP).
+    pin_memory: bool = False,
+) -> TrainLoader:
+    """Training :class:`BoxBatch` es for every epoch (``loader.epoch(e)``) on one rank.
 
-    The rank's shards (dealt as in ``training/data.py``, shard order shuffled per epoch) are
-    cycled, shuffled in a buffer seeded by ``(seed, epoch, rank)`` and filtered to samples
-    with boxes; the epoch is ``boxed samples // (world_size * batch_size)`` full batches.
+    The classification stream (:class:`~convplat.training.data.TrainLoader`: shards dealt to
+    (rank, loader worker) slots, cycled and shuffled per ``(seed, epoch)``) filtered to samples
+    with boxes; every rank gets ``boxed samples // (world_size * batch_size)`` full batches.
     """
-    manifest = read_manifest(shard_dir)
-    frame = int(manifest["size"])
-    shards = split_shards(manifest, "train")
-    count = boxed_count(shard_dir, "train")
-    if count == 0:
-        raise DatasetError(
-            f"{resolve(shard_dir).uri}: no training sample has a box; localization needs "
-            "boxes (ImageNet LOC / VOC annotations, or `convplat demo-data`)"
-        )
-    length = train_batches(count, batch_size, world_size)
-    order = np.random.default_rng([seed, epoch, 1]).permutation(len(shards))
-    tasks = assign_shards([shards[i] for i in order], world_size)[rank]
-    location = resolve(shard_dir)
-    state = int(np.random.SeedSequence([seed, epoch, rank, 3]).generate_state(1)[0])
-
-    def cycled() -> Iterator[dict]:
-        while True:
-            produced = 0
-            for task in tasks:
-                for sample in read_shard_samples(location, task, WITH_METADATA):
-                    produced += 1
-                    yield sample
-            if produced == 0:
-                raise DatasetError(f"shards {[t.name for t in tasks]} hold no samples")
-
-    def boxed(samples: Iterator[dict]) -> Iterator[tuple]:
-        seen = 0
-        for sample in samples:
-            decoded = decode_sample(sample, frame)
-            seen += 1
-            if len(decoded[2]):
-                seen = 0
-                yield decoded
-            elif seen > sum(t.samples for t in tasks):
-                raise DatasetError(f"rank {rank}'s shards hold no sample with a box")
-
-    shuffled = wds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=state)(cycled())
-    stream = boxed(shuffled)
-
-    def batches() -> Iterator[BoxBatch]:
-        for _ in range(length):
-            yield _collate(list(islice(stream, batch_size)))
-
-    return batches(), length
+    shard_set = ShardSet.open(shard_dir)
+    return TrainLoader(
+        shard_set.uri,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        pin_memory=pin_memory,
+        codec=BoxCodec(shard_set.size, training=True),
+    )
 
 
-def eval_box_batches(
+def eval_box_loader(
     shard_dir: str | os.PathLike,
     split: str = "val",
     *,
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
+    num_workers: int | None = None,
     limit: int = 0,
-) -> Iterator[BoxBatch]:
-    """Every sample of ``split`` once over all ranks, in shard order (``limit``: at most that
-    many samples on this rank)."""
-    manifest = read_manifest(shard_dir)
-    frame = int(manifest["size"])
-    tasks = assign_shards(split_shards(manifest, split), world_size)[rank]
-    location = resolve(shard_dir)
-    samples = (s for task in tasks for s in read_shard_samples(location, task, WITH_METADATA))
-    if limit:
-        samples = islice(samples, limit)
-    while chunk := list(islice(samples, batch_size)):
-        yield _collate([decode_sample(s, frame) for s in chunk])
+    pin_memory: bool = False,
+) -> ShardLoader:
+    """Every sample of ``split`` (``limit``: of its first ``limit``) exactly once over all
+    ranks and loader workers, as :class:`BoxBatch` es (boxless samples included)."""
+    shard_set = ShardSet.open(shard_dir)
+    return eval_loader(
+        shard_set.uri,
+        split,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        codec=BoxCodec(shard_set.size, training=False),
+        limit=limit,
+        pin_memory=pin_memory,
+    )

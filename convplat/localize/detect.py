@@ -27,7 +27,7 @@ from convplat.errors import ConfigError, DatasetError
 from convplat.localize.detect_model import DetectorHead, add_background_class, set_trainable
 from convplat.localize.detection_data import (
     flip_sample,
-    train_samples,
+    train_detection_loader,
     training_windows,
     whole_image_input,
 )
@@ -162,8 +162,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker: spatial training of the classifier with mined negatives."""
     import ray.train.torch
 
-    from convplat.pipeline.shardset import load_stats, read_manifest
+    from convplat.pipeline.shardset import load_stats
     from convplat.training.plots import curves_png
+    from convplat.training.trainer import resolve_loader_workers
 
     config = DetectConfig(**loop_config["config"])
     worker = Worker.from_context(loop_config, config.seed)
@@ -177,27 +178,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
     optimizer = build_optimizer(params, config)
     meta = worker.resume(model, optimizer) or {"epoch": 0, "history": []}
     start_epoch, history = meta["epoch"] + 1, meta["history"]
-    worker.announce(start_epoch)
+    loader_workers = resolve_loader_workers(config.loader_workers)
+    worker.announce(start_epoch, loader_workers=loader_workers)
 
-    manifest = read_manifest(config.data)
     rgb_mean = torch.as_tensor(load_stats(config.data)["rgb_mean"], dtype=torch.float32)
     input_scale = float(source.get("input_scale", 1.0))
-    steps = max(1, manifest["splits"]["train"]["count"] // config.batch_size)
+    # One set of loader processes for the whole run, as in `convplat train`.
+    loader = train_detection_loader(
+        config.data,
+        batch_size=config.per_worker_batch,
+        rank=worker.rank,
+        world_size=worker.world_size,
+        num_workers=loader_workers,
+        seed=config.seed,
+        shuffle_buffer=config.shuffle_buffer,
+    )
+    steps = len(loader)  # train_count // --batch-size, on every rank
     if config.limit_train_batches:
         steps = min(steps, config.limit_train_batches)
 
     for epoch in range(start_epoch, config.epochs + 1):
         generator = worker.epoch_seeds(epoch)
         flips = np.random.default_rng([config.seed, epoch, worker.rank, 19])
-        stream = train_samples(
-            config.data,
-            manifest,
-            seed=config.seed,
-            epoch=epoch,
-            rank=worker.rank,
-            world_size=worker.world_size,
-            shuffle_buffer=config.shuffle_buffer,
-        )
+        batches = iter(islice(loader.epoch(epoch), steps))
         report = worker.step_reporter(epoch, steps)
         sums = torch.zeros(
             5, dtype=torch.float64
@@ -206,7 +209,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         wait = 0.0
         for step in range(steps):
             tick = time.perf_counter()
-            samples = list(islice(stream, config.per_worker_batch))
+            samples = next(batches)
             if config.flip:
                 samples = [flip_sample(s) if flips.random() < 0.5 else s for s in samples]
             wait += time.perf_counter() - tick

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from itertools import islice
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,12 @@ from torch import Tensor, nn
 from convplat.errors import ConfigError, ConvplatError, DatasetError
 from convplat.localize.boxes import greedy_merge
 from convplat.localize.detect import TASK
-from convplat.localize.detection_data import eval_samples, score_maps, to_frame, whole_image_input
+from convplat.localize.detection_data import (
+    eval_detection_loader,
+    score_maps,
+    to_frame,
+    whole_image_input,
+)
 from convplat.localize.localize import WEIGHTS, output_dir
 from convplat.localize.multiscale import build_regressor, regress_pooled
 from convplat.localize.plots import detections_png
@@ -191,6 +196,7 @@ def evaluate_detector(
     device: str | None = None,
     progress: bool = True,
     regressor: str | None = None,
+    loader_workers: int = -1,
 ) -> dict:
     """mAP and per-class AP (IoU >= 0.5) of a detection run on ``split`` of its shards.
 
@@ -199,10 +205,14 @@ def evaluate_detector(
     records which (``"boxes"``).
 
     Writes ``RUN/detect-eval-<split>.json`` and ``RUN/plots/detections-<split>.png`` (predicted
-    boxes in red, ground truth in green, on the first ``pictures`` images); returns the results.
+    boxes in red, ground truth in green, on the split's first ``pictures`` images); returns the
+    results. ``limit``: only the split's first ``limit`` images; ``loader_workers``: decoding
+    processes (-1: one fewer than the CPUs, at most 8). Images are scored in split order
+    whatever the loader processes, so the results do not depend on their number.
     """
     from convplat.pipeline.shardset import load_stats, read_manifest
     from convplat.progress import progress_bar
+    from convplat.training.data import default_num_workers
 
     config = read_run_config(run)
     if config.get("task") != TASK:
@@ -218,6 +228,10 @@ def evaluate_detector(
         raise ConfigError(f"--stride: expected one of {', '.join(STRIDES)}, got {stride!r}")
     if not scales or min(scales) <= 0:
         raise ConfigError(f"--scales: expected sides > 0, got {scales}")
+    if loader_workers < -1:
+        raise ConfigError(f"--loader-workers: expected >= -1, got {loader_workers}")
+    if limit < 0:
+        raise ConfigError(f"--limit: expected >= 0, got {limit}")
     box_regressor, boxes_used = load_detection_regressor(config, regressor)
     model, _ = load_run_model(run, weights)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -230,13 +244,14 @@ def evaluate_detector(
     rgb_mean = torch.as_tensor(load_stats(shards)["rgb_mean"], dtype=torch.float32)
     total = int(manifest["splits"].get(split, {}).get("count", 0))
     total = min(total, limit) if limit else total
-    accumulator = DetectionAP(background)
-    shown: list[tuple] = []
+    workers = default_num_workers() if loader_workers < 0 else loader_workers
+    batches = eval_detection_loader(shards, split, batch_size=1, num_workers=workers, limit=limit)
+    found: list[tuple] = []  # per image, in the order the loader workers deliver them
     started = time.perf_counter()
     images = 0
     with progress_bar(progress) as bar:
         task = bar.add_task(f"detect {split}", total=total, rate="")
-        for sample in islice(eval_samples(shards, manifest, split), total):
+        for (sample,) in batches:
             image = whole_image_input(sample.image, rgb_mean, float(config["input_scale"]), target)
             boxes, scores, labels = detect_image(
                 model,
@@ -248,16 +263,22 @@ def evaluate_detector(
                 merge_threshold=merge_threshold,
                 regressor=box_regressor,
             )
-            gt_boxes, gt_labels = torch.from_numpy(sample.boxes), torch.from_numpy(sample.labels)
-            hits = accumulator.add(boxes, scores, labels, gt_boxes, gt_labels)
-            if len(shown) < pictures:
-                shown.append((sample, boxes, scores, labels, hits))
+            # Only the split's first `pictures` images keep their pixels (for the PNG).
+            kept = sample if sample.index < pictures else replace(sample, image=None)
+            found.append((sample.index, kept, boxes, scores, labels))
             images += 1
             bar.update(
                 task, advance=1, rate=f"{images / (time.perf_counter() - started):.1f} img/s"
             )
     if images == 0:
         raise DatasetError(f"{shards} has no {split!r} images")
+    accumulator = DetectionAP(background)  # fed in split order: AP ties break alike every time
+    shown: list[tuple] = []
+    for index, sample, boxes, scores, labels in sorted(found, key=lambda f: f[0]):
+        gt_boxes, gt_labels = torch.from_numpy(sample.boxes), torch.from_numpy(sample.labels)
+        hits = accumulator.add(boxes, scores, labels, gt_boxes, gt_labels)
+        if index < pictures:
+            shown.append((sample, boxes, scores, labels, hits))
     summary = accumulator.result()
     names = {c["index"]: c for c in manifest["classes"]}
     result = {

@@ -1,34 +1,27 @@
 """Detection data (OverFeat §5): whole images with all their boxes, window labels, the
 negatives mined on the fly, and the pooled patches of the windows a training step uses.
 
-The classification loader (:mod:`convplat.training.data`) reads only ``jpg`` and ``cls``; a
-detector needs every object of an image, so this module reads each sample's ``json`` too
-(``boxes`` in the prepared frame's pixels, ``box_labels``). Shards are dealt to ranks with the
-same :func:`~convplat.training.data.assign_shards` plan, so every rank reads a disjoint share.
+A detector needs every object of an image, so its codec reads each sample's ``json`` too
+(``boxes`` in the prepared frame's pixels, ``box_labels``); the streams are the shared ones
+of :mod:`convplat.training.data` (shard plan, cycling, shuffling, loader processes,
+exact-once evaluation).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
 import simplejpeg
 import torch
-import webdataset as wds
 from torch import Tensor, nn
 
 from convplat.errors import DatasetError
 from convplat.localize.boxes import box_iou
-from convplat.pipeline.shardset import (
-    WITH_METADATA,
-    ShardTask,
-    assign_shards,
-    read_shard_samples,
-    split_shards,
-)
-from convplat.storage import Location, resolve
+from convplat.pipeline.shardset import WITH_METADATA, ShardSet
+from convplat.training.data import ShardLoader, TrainLoader, eval_loader
 from convplat.training.dense import (
     interleave,
     offset_count,
@@ -44,12 +37,14 @@ IGNORE = -1  # window label: neither object nor background (left out of the loss
 @dataclass(frozen=True)
 class DetectionSample:
     """One image and every object in it: ``boxes`` (N, 4) xyxy float32 in the image's pixels,
-    ``labels`` (N,) int64 class indices (N may be 0)."""
+    ``labels`` (N,) int64 class indices (N may be 0); ``index``: its position in the split
+    (evaluation, manifest order; -1 in training)."""
 
     key: str
     image: np.ndarray  # (H, W, 3) uint8
     boxes: np.ndarray
     labels: np.ndarray
+    index: int = -1
 
 
 def _to_sample(raw: dict) -> DetectionSample:
@@ -66,60 +61,74 @@ def _to_sample(raw: dict) -> DetectionSample:
     labels = meta.get("box_labels") or []
     if len(labels) != len(boxes):  # older shards: every box is of the image's class
         labels = [int(meta.get("label", int(raw.get("cls", b"0")))) for _ in range(len(boxes))]
-    return DetectionSample(key, image, boxes, np.asarray(labels, dtype=np.int64))
+    index = int(raw.get("__index__", -1))
+    return DetectionSample(key, image, boxes, np.asarray(labels, dtype=np.int64), index)
 
 
-def read_shard(location: Location, task: ShardTask) -> Iterator[DetectionSample]:
-    """Decoded samples of one task's share of its shard, in shard order."""
-    for raw in read_shard_samples(location, task, WITH_METADATA):
-        yield _to_sample(raw)
+class DetectionCodec:
+    """The detection :class:`~convplat.training.data.SampleCodec`: every sample (boxes or
+    not: an image without objects is all background) as a :class:`DetectionSample`; a batch
+    is their list (whole images of any size)."""
+
+    suffixes = WITH_METADATA
+
+    def count(self, shard_set: ShardSet, split: str) -> int:
+        return shard_set.count(split)
+
+    def decode(self, sample: dict) -> DetectionSample:
+        return _to_sample(sample)
+
+    def collate(self, samples: list[DetectionSample], rng=None) -> list[DetectionSample]:
+        return list(samples)
 
 
-def eval_samples(
-    shard_dir: str, manifest: dict, split: str = "val", rank: int = 0, world_size: int = 1
-) -> Iterator[DetectionSample]:
-    """Every sample of ``split`` exactly once over the ranks, in manifest order."""
-    location = resolve(shard_dir)
-    for task in assign_shards(split_shards(manifest, split), world_size)[rank]:
-        yield from read_shard(location, task)
-
-
-def train_samples(
-    shard_dir: str,
-    manifest: dict,
+def train_detection_loader(
+    shard_dir: str | os.PathLike,
     *,
-    seed: int,
-    epoch: int,
+    batch_size: int,
     rank: int = 0,
     world_size: int = 1,
+    num_workers: int | None = None,
+    seed: int = 0,
     shuffle_buffer: int = 200,
-) -> Iterator[DetectionSample]:
-    """This rank's training samples, cycled forever, shuffled per ``(seed, epoch, rank)``.
+) -> TrainLoader:
+    """Lists of ``batch_size`` training samples for every epoch (``loader.epoch(e)``): the
+    classification stream (shards dealt to (rank, loader worker) slots, cycled and shuffled
+    per ``(seed, epoch)``), ``train_count // (world_size * batch_size)`` steps on every rank."""
+    return TrainLoader(
+        shard_dir,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        codec=DetectionCodec(),
+    )
 
-    Each pass over the rank's shards is in a fresh random shard order; a buffer of
-    ``shuffle_buffer`` raw samples mixes neighbours. The caller takes as many as it needs
-    (the same number on every rank, so distributed steps stay in lockstep).
-    """
-    location = resolve(shard_dir)
-    shards = split_shards(manifest, "train")
-    order = np.random.default_rng([seed, epoch, 11]).permutation(len(shards))
-    tasks = assign_shards([shards[i] for i in order], world_size)[rank]
-    rng = np.random.default_rng([seed, epoch, rank, 13])
 
-    def cycle() -> Iterator[DetectionSample]:
-        while True:
-            produced = 0
-            for i in rng.permutation(len(tasks)):
-                for sample in read_shard(location, tasks[i]):
-                    produced += 1
-                    yield sample
-            if produced == 0:
-                raise DatasetError(f"rank {rank}'s shards hold no training samples")
-
-    if shuffle_buffer <= 1:
-        return cycle()
-    state = int(np.random.SeedSequence([seed, epoch, rank, 17]).generate_state(1, np.uint64)[0])
-    return iter(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=state)(cycle()))
+def eval_detection_loader(
+    shard_dir: str | os.PathLike,
+    split: str = "val",
+    *,
+    batch_size: int = 1,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int | None = None,
+    limit: int = 0,
+) -> ShardLoader:
+    """Every sample of ``split`` (``limit``: of its first ``limit``) exactly once over all
+    ranks and loader workers, in lists of at most ``batch_size``."""
+    return eval_loader(
+        shard_dir,
+        split,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        codec=DetectionCodec(),
+        limit=limit,
+    )
 
 
 # --------------------------------------------------------------------------- window labels

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from itertools import islice
 
 import torch
 
@@ -132,16 +133,22 @@ def localize_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker: frozen classifier run + one DDP replica of the box regressor."""
     import ray.train.torch
 
-    from convplat.localize.box_data import eval_box_batches, train_box_batches
+    from convplat.localize.box_data import eval_box_loader, train_box_loader
     from convplat.pipeline.shardset import load_stats, read_manifest
     from convplat.training.augment import BatchTransform
     from convplat.training.checkpoints import load_run_model
+    from convplat.training.trainer import resolve_loader_workers
 
     config = LocalizeConfig(**loop_config["config"])
     worker = Worker.from_context(loop_config, config.seed)
     device = worker.device
+    loader_workers = resolve_loader_workers(config.loader_workers)
     shares = dict(
-        batch_size=config.per_worker_batch, rank=worker.rank, world_size=worker.world_size
+        batch_size=config.per_worker_batch,
+        rank=worker.rank,
+        world_size=worker.world_size,
+        num_workers=loader_workers,
+        pin_memory=device.type == "cuda",  # async host-to-device copies, as in `train`
     )
 
     model, record = load_run_model(config.run, config.weights)
@@ -156,20 +163,24 @@ def localize_loop_per_worker(loop_config: dict) -> None:
     has_val = "val" in read_manifest(config.data)["splits"]
     meta = worker.resume(regressor, optimizer) or {"epoch": 0, "history": []}
     start, history = meta["epoch"] + 1, meta["history"]
-    worker.announce(start)
+    worker.announce(start, loader_workers=loader_workers)
 
+    # One set of loader processes for the whole run, as in `convplat train`.
+    loader = train_box_loader(config.data, seed=config.seed, **shares)
     for epoch in range(start, config.epochs + 1):
         generator = worker.epoch_seeds(epoch)
-        batches, total = train_box_batches(config.data, epoch=epoch, seed=config.seed, **shares)
+        total = len(loader)
         if config.limit_train_batches:
             total = min(total, config.limit_train_batches)
+        batches = islice(loader.epoch(epoch), total)
         report = worker.step_reporter(epoch, total)
         net.train()
         sums = torch.zeros(3, dtype=torch.float64)  # loss x windows, windows, images
         started = time.perf_counter()
-        for step, batch in zip(range(total), batches, strict=False):
+        for step, batch in enumerate(batches):
             flips = torch.randint(0, 2, (len(batch.labels),), generator=generator) * config.flip
-            images = frames_to_inputs(batch.images.to(device), transform, flips.to(device))
+            images = batch.images.to(device, non_blocking=True)
+            images = frames_to_inputs(images, transform, flips.to(device))
             boxes = [
                 mirror(b, images.shape[-1]) if f else b
                 for b, f in zip(batch.boxes, flips.tolist(), strict=True)
@@ -187,8 +198,9 @@ def localize_loop_per_worker(loop_config: dict) -> None:
         seconds = time.perf_counter() - started
         loss_sum, windows, images_seen = (float(v) for v in worker.all_reduce(sums))
         check_finite(loss_sum, "regression loss")
-        limit = config.limit_val_batches * config.per_worker_batch
-        val_batches = eval_box_batches(config.data, "val", limit=limit, **shares) if has_val else []
+        val_batches = eval_box_loader(config.data, "val", **shares) if has_val else []
+        if config.limit_val_batches:
+            val_batches = islice(val_batches, config.limit_val_batches)
         metrics = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],

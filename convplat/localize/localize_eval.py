@@ -109,23 +109,31 @@ def evaluate_localizer(
     samples: int = 8,
     device: str | None = None,
     progress: bool = True,
+    loader_workers: int = -1,
 ) -> dict:
     """`convplat localize eval`: ILSVRC top-1/top-5 localization error of a trained regressor.
 
-    Writes ``eval-<split>.json`` and ``boxes-<split>.png`` (predicted vs true boxes on the
-    first ``samples`` images) into the localization directory and returns the metrics.
+    Writes ``eval-<split>.json`` (images in split order) and ``boxes-<split>.png`` (predicted
+    vs true boxes on the split's first ``samples`` images) into the localization directory
+    and returns the metrics. ``limit``: only the split's first ``limit`` images;
+    ``loader_workers``: decoding processes (-1: one fewer than the CPUs, at most 8).
     """
-    from convplat.localize.box_data import eval_box_batches
+    from convplat.localize.box_data import eval_box_loader
     from convplat.localize.plots import boxes_png
     from convplat.pipeline.shardset import load_stats, read_manifest
     from convplat.progress import progress_bar
     from convplat.training.augment import BatchTransform
     from convplat.training.checkpoints import load_run_model
+    from convplat.training.data import default_num_workers
 
     if top_k < 1:
         raise ConfigError(f"--top-k: expected >= 1, got {top_k}")
     if threshold < 0:
         raise ConfigError(f"--threshold: expected >= 0, got {threshold}")
+    if loader_workers < -1:
+        raise ConfigError(f"--loader-workers: expected >= -1, got {loader_workers}")
+    if limit < 0:
+        raise ConfigError(f"--limit: expected >= 0, got {limit}")
     location = resolve(output_dir(run, out))
     if not location.exists(WEIGHTS) or not location.exists("config.json"):
         raise ConvplatError(
@@ -149,12 +157,16 @@ def evaluate_localizer(
     names = [c.get("name") or c["wnid"] for c in read_manifest(shards)["classes"]]
 
     count = top1 = top5 = cls1 = cls5 = 0
-    rows: list[dict] = []
-    pictures: list[tuple] = []
+    rows: list[tuple[int, dict]] = []
+    pictures: list[tuple[int, tuple]] = []
     started = time.perf_counter()
+    workers = default_num_workers() if loader_workers < 0 else loader_workers
+    batches = eval_box_loader(
+        shards, split, batch_size=batch_size, num_workers=workers, limit=limit
+    )
     with progress_bar(enabled=progress) as bar:
         task = bar.add_task("localize", total=None, rate="")
-        for batch in eval_box_batches(shards, split, batch_size=batch_size, limit=limit):
+        for batch in batches:
             images = frames_to_inputs(batch.images.to(target), transform)
             candidates = image_candidates(model, regressor, images, scales, stride, top_k)
             for i, (boxes, scores, labels) in enumerate(candidates):
@@ -167,18 +179,18 @@ def evaluate_localizer(
                 top5 += any(hits)
                 cls1 += bool(answers and answers[0].label == label)
                 cls5 += any(a.label == label for a in answers)
-                rows.append(
-                    {
-                        "key": batch.keys[i],
-                        "label": label,
-                        "truth": truth.tolist(),
-                        "guesses": [dataclasses.asdict(a) for a in answers],
-                        "merged": int(merged[0].shape[0]),
-                        "candidates": int(boxes.shape[0]),
-                    }
-                )
-                if len(pictures) < samples:
-                    pictures.append((batch.images[i].numpy(), label, truth, answers))
+                index = batch.indices[i]  # loader workers interleave; put back in split order
+                row = {
+                    "key": batch.keys[i],
+                    "label": label,
+                    "truth": truth.tolist(),
+                    "guesses": [dataclasses.asdict(a) for a in answers],
+                    "merged": int(merged[0].shape[0]),
+                    "candidates": int(boxes.shape[0]),
+                }
+                rows.append((index, row))
+                if index < samples:  # the split's first images, whatever slot read them
+                    pictures.append((index, (batch.images[i].numpy(), label, truth, answers)))
             bar.update(task, completed=count, rate="")
     if count == 0:
         raise ConvplatError(f"{shards}: the {split!r} split has no samples")
@@ -198,7 +210,9 @@ def evaluate_localizer(
         "top5_cls_err": 1 - cls5 / count,
         "seconds": time.perf_counter() - started,
     }
-    write_json(location, f"eval-{split}.json", {**result, "images": rows})
-    location.write_bytes(f"boxes-{split}.png", boxes_png(pictures, names))
+    images = [row for _, row in sorted(rows, key=lambda r: r[0])]
+    write_json(location, f"eval-{split}.json", {**result, "images": images})
+    drawn = [picture for _, picture in sorted(pictures, key=lambda p: p[0])]
+    location.write_bytes(f"boxes-{split}.png", boxes_png(drawn, names))
     result["png"] = location.child(f"boxes-{split}.png").uri
     return result

@@ -187,9 +187,11 @@ def _prepare_locked(
     try:
         for name in list(infos):
             collect(infos[name], None)
-        ran = "none"
+        ran, nodes = "none", set()
         if todo:
-            ran = _run_tasks(todo, plan, config, executor, options, collect, len(specs), kept)
+            ran = _run_tasks(
+                todo, plan, config, executor, options, collect, len(specs), kept, nodes
+            )
             _check_visible(location, todo)
         train_infos = [i for i in infos.values() if i.split == "train"]
         if sum(i.count for i in train_infos) == 0:
@@ -221,6 +223,7 @@ def _prepare_locked(
         "seconds": round(seconds, 2),
         "images_per_s": round(written / seconds, 1),
         "executor": ran,
+        "ray_nodes": len(nodes),  # distinct Ray nodes the shard tasks ran on (0: no Ray)
     }
     return manifest
 
@@ -246,9 +249,11 @@ def _run_tasks(
     collect: Callable[[ShardInfo, dict], None],
     total: int,
     done: int,
+    nodes: set[str],
 ) -> str:
     """Run the shard tasks where it pays (see :func:`_executor`); ``collect`` takes each result
-    as its task finishes. Returns the executor used: ``ray``, ``pool`` or ``inline``.
+    as its task finishes and ``nodes`` gets the Ray nodes they ran on. Returns the executor
+    used: ``ray``, ``pool`` or ``inline``.
 
     Each task's spec is read from the plan when it is handed out, and at most two tasks per
     CPU are in flight, so neither the driver nor Ray holds every task's items at once.
@@ -258,7 +263,7 @@ def _run_tasks(
     if executor == "ray":
         ensure_ray(config.address, num_cpus=config.num_cpus)
         jobs = ((shard, (plan.spec(shard), config.out, options), {}) for shard in todo)
-        results = fan_out(write_shard, jobs, max_in_flight=2 * cluster_size()[0])
+        results = fan_out(write_shard, jobs, max_in_flight=2 * cluster_size()[0], nodes=nodes)
     else:
         workers = 1 if executor == "inline" else _local_workers(config, len(todo))
         specs = ((shard, plan.spec(shard)) for shard in todo)

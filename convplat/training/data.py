@@ -9,6 +9,10 @@ operation to :class:`convplat.training.augment.BatchTransform` on the training d
 Batches are ``(images, labels, windows)``: uint8 ``(B, h, w, 3)``, int64 ``(B,)`` and int64
 ``(B, 3)`` rows ``[top, left, flip]`` giving each image's position in the ``S x S`` frame of
 the mean image (``S`` = the manifest's ``size``) and whether the transform must mirror it.
+
+What a sample becomes is pluggable (:class:`SampleCodec`): localization and detection read the
+same streams - shard plan, cycling, shuffling, loader processes, exact-once evaluation - with
+their own decode and collate (``convplat.localize.box_data``, ``.detection_data``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from itertools import islice
+from typing import Any, Protocol
 
 import numpy as np
 import simplejpeg
@@ -25,6 +30,7 @@ import webdataset as wds
 
 from convplat.errors import ConfigError, DatasetError
 from convplat.pipeline.shardset import (
+    IMAGE_AND_LABEL,
     ShardSet,
     ShardTask,
     assign_shards,
@@ -63,15 +69,41 @@ def train_batches(count: int, batch_size: int, world_size: int, drop_last: bool 
     return batches
 
 
+def _starts(shards: list[tuple[str, int]]) -> dict[str, int]:
+    """Each shard's first sample's position in the split (manifest order)."""
+    starts, position = {}, 0
+    for name, count in shards:
+        starts[name] = position
+        position += count
+    return starts
+
+
+def _kept(task: ShardTask, start: int, limit: int) -> range:
+    """The in-shard indices of ``task`` that evaluation reads: all of its share, or with
+    ``limit`` those among the split's first ``limit`` samples."""
+    end = task.count if not limit else max(0, min(task.count, limit - start))
+    return range(task.part, end, task.parts)
+
+
 def eval_batches(
-    shards: list[tuple[str, int]], batch_size: int, world_size: int, rank: int, num_workers: int
+    shards: list[tuple[str, int]],
+    batch_size: int,
+    world_size: int,
+    rank: int,
+    num_workers: int,
+    limit: int = 0,
 ) -> int:
     """Batches the evaluation loader yields on ``rank``: each of its workers' shares, batched
-    separately (so each worker may end on a smaller batch)."""
+    separately (so each worker may end on a smaller batch); ``limit``: only the split's first
+    ``limit`` samples are read."""
     workers = max(1, num_workers)
     plan = assign_shards(shards, world_size * workers)
     slots = plan[rank * workers : (rank + 1) * workers]
-    return sum(math.ceil(sum(t.samples for t in tasks) / batch_size) for tasks in slots)
+    starts = _starts(shards)
+    return sum(
+        math.ceil(sum(len(_kept(t, starts[t.name], limit)) for t in tasks) / batch_size)
+        for tasks in slots
+    )
 
 
 def num_batches(
@@ -97,6 +129,135 @@ def num_batches(
         return train_batches(sum(c for _, c in shards), batch_size, world_size, drop_last)
     workers = default_num_workers() if num_workers is None else num_workers
     return eval_batches(shards, batch_size, world_size, rank, workers)
+
+
+# --------------------------------------------------------------------------- sample codecs
+class SampleCodec(Protocol):
+    """What a stream makes of its raw samples; everything else (which shards, in what order,
+    in which process) is the stream's. Instances cross into the loader processes.
+
+    ``decode`` runs once per raw sample in the loader process and may return None to leave a
+    training sample out (never in evaluation, whose batch counts are known in advance);
+    ``collate`` turns a batch's decoded samples into what the loader yields (``rng``: the
+    slot's per-epoch generator in training, None in evaluation).
+    """
+
+    suffixes: tuple[str, ...]  # the tar members read (webdataset suffixes, with the dot)
+
+    def count(self, shard_set: ShardSet, split: str) -> int:
+        """The training samples of ``split`` that ``decode`` keeps (sets the epoch length)."""
+        ...
+
+    def decode(self, sample: dict) -> Any: ...
+
+    def collate(self, items: list, rng: np.random.Generator | None) -> Any: ...
+
+
+def _decode(sample: dict) -> np.ndarray:
+    try:
+        return simplejpeg.decode_jpeg(sample["jpg"], colorspace="RGB")
+    except (KeyError, ValueError) as exc:
+        raise DatasetError(
+            f"cannot decode sample {sample.get('__key__')!r} of {sample.get('__url__')}: {exc}"
+        ) from None
+
+
+def _frame(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size x size`` frame the mean image covers (the whole image for cropped
+    shards; for ``--no-crop`` shards the same window the statistics used)."""
+    height, width = image.shape[:2]
+    if height == size and width == size:
+        return image
+    if height < size or width < size:
+        raise DatasetError(f"an image of {height}x{width} is smaller than the {size}x{size} frame")
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[top : top + size, left : left + size]
+
+
+def new_uint8_batch(shape) -> tuple[torch.Tensor, np.ndarray]:
+    """An empty uint8 batch tensor and its numpy view; in a loader process it is made in shared
+    memory first, so filling it in place is the only copy (the queue then sends a handle)."""
+    images = torch.empty(shape, dtype=torch.uint8)
+    if torch.utils.data.get_worker_info() is not None:
+        images.share_memory_()
+    return images, images.numpy()
+
+
+def _labels(samples) -> torch.Tensor:
+    return torch.tensor([int(s["cls"]) for s in samples], dtype=torch.int64)
+
+
+def _check_crop(crop_size: int, frame: int) -> None:
+    if not 1 <= crop_size <= frame:
+        raise ConfigError(f"crop size: expected 1..{frame} (the shard image size), got {crop_size}")
+
+
+class RandomCrops:
+    """Classification training: random ``crop x crop`` windows of the frame in one uint8 batch.
+
+    ``decode`` passes the raw sample on: ``collate`` decodes each image and copies its crop
+    into the batch at once, while the decoded frame is still in the CPU cache.
+    """
+
+    suffixes = IMAGE_AND_LABEL
+
+    def __init__(self, crop: int, frame: int) -> None:
+        _check_crop(crop, frame)
+        self.crop, self.frame = crop, frame
+
+    def count(self, shard_set: ShardSet, split: str) -> int:
+        return shard_set.count(split)
+
+    def decode(self, sample: dict) -> dict:
+        return sample
+
+    def collate(self, samples, rng) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        crop, count = self.crop, len(samples)
+        windows = random_windows(count, self.frame, self.frame, crop, rng)
+        images, pixels = new_uint8_batch((count, crop, crop, 3))
+        for i, (sample, (top, left, _)) in enumerate(zip(samples, windows.tolist(), strict=True)):
+            frame = _frame(_decode(sample), self.frame)
+            pixels[i] = frame[top : top + crop, left : left + crop]
+        return images, _labels(samples), torch.from_numpy(windows)
+
+
+class EvalCrops:
+    """Classification evaluation: centre crops, or the whole frame (ten-crop) or image (full);
+    ``keys`` appends the batch's sample keys."""
+
+    suffixes = IMAGE_AND_LABEL
+
+    def __init__(self, mode: str, crop: int, frame: int, keys: bool = False) -> None:
+        if mode not in EVAL_MODES:
+            raise ConfigError(
+                f"evaluation mode: expected one of {', '.join(EVAL_MODES)}, got {mode!r}"
+            )
+        _check_crop(crop, frame)
+        self.mode, self.crop, self.frame, self.keys = mode, crop, frame, keys
+
+    def count(self, shard_set: ShardSet, split: str) -> int:
+        return shard_set.count(split)
+
+    def decode(self, sample: dict) -> dict:
+        return sample
+
+    def collate(self, samples, rng=None):
+        count = len(samples)
+        windows = torch.zeros((count, 3), dtype=torch.int64)
+        if self.mode == "full":
+            decoded = [torch.from_numpy(_decode(s)) for s in samples]
+            same = all(d.shape == decoded[0].shape for d in decoded)
+            images = torch.stack(decoded) if same else decoded
+        else:
+            side = self.crop if self.mode == "center" else self.frame
+            offset = (self.frame - side) // 2
+            windows[:, :2] = offset
+            images, pixels = new_uint8_batch((count, side, side, 3))
+            for i, sample in enumerate(samples):
+                frame = _frame(_decode(sample), self.frame)
+                pixels[i] = frame[offset : offset + side, offset : offset + side]
+        batch = (images, _labels(samples), windows)
+        return batch + ([s["__key__"] for s in samples],) if self.keys else batch
 
 
 # --------------------------------------------------------------------------- pipeline stages
@@ -137,9 +298,11 @@ def _train_tasks(shards, seed: int, epoch: int, slot: int, slots: int) -> list[S
 class _TrainSamples:
     """Stage 1 (train): this slot's shards, cycled forever (reshuffled on every pass)."""
 
-    def __init__(self, shard_set, shards, seed: int, epoch: Epoch, rank: int, world_size: int):
+    def __init__(
+        self, shard_set, shards, seed: int, epoch: Epoch, rank: int, world_size: int, suffixes
+    ) -> None:
         self.shard_set, self.shards, self.seed, self.epoch = shard_set, shards, seed, epoch
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.suffixes = rank, world_size, suffixes
 
     def __call__(self) -> Iterator[dict]:
         slot, slots, worker = _slot(self.rank, self.world_size)
@@ -150,7 +313,7 @@ class _TrainSamples:
         while True:
             produced = 0
             for task in order:
-                for sample in self.shard_set.read_samples(task):
+                for sample in self.shard_set.read_samples(task, self.suffixes):
                     produced += 1
                     yield sample
             if produced == 0:  # cycling on would hang every rank at the next all-reduce
@@ -160,16 +323,29 @@ class _TrainSamples:
 
 
 class _EvalSamples:
-    """Stage 1 (evaluation): this slot's shards, once, in manifest order."""
+    """Stage 1 (evaluation): this slot's shards, once, in manifest order; with ``limit`` only
+    the split's first ``limit`` samples. Each sample gets ``__index__``, its position in the
+    split, so results can be put in the same order whatever the number of slots."""
 
-    def __init__(self, shard_set, shards, rank: int, world_size: int) -> None:
+    def __init__(self, shard_set, shards, rank: int, world_size: int, suffixes, limit: int):
         self.shard_set, self.shards = shard_set, shards
         self.rank, self.world_size = rank, world_size
+        self.suffixes, self.limit = suffixes, limit
 
     def __call__(self) -> Iterator[dict]:
         slot, slots, _ = _slot(self.rank, self.world_size)
+        starts = _starts(self.shards)
         for task in assign_shards(self.shards, slots)[slot]:
-            yield from self.shard_set.read_samples(task)
+            kept = _kept(task, starts[task.name], self.limit)
+            if not kept:
+                continue
+            reader = self.shard_set.read_samples(task, self.suffixes)
+            # Read to the end when all is kept, so the reader checks the shard's sample count.
+            samples = reader if len(kept) == task.samples else islice(reader, len(kept))
+            for j, sample in enumerate(samples):  # the reader yields the indices in ``kept``
+                sample["__index__"] = starts[task.name] + task.part + j * task.parts
+                yield sample
+            reader.close()  # a no-op at its end; at the limit the rest stays unread
 
 
 class _SlotShuffle:
@@ -215,48 +391,49 @@ class _SlotShuffle:
             yield from (chunk[i] for i in rng.permutation(len(chunk)))
 
 
-def _decode(sample: dict) -> np.ndarray:
-    try:
-        return simplejpeg.decode_jpeg(sample["jpg"], colorspace="RGB")
-    except (KeyError, ValueError) as exc:
-        raise DatasetError(
-            f"cannot decode sample {sample.get('__key__')!r} of {sample.get('__url__')}: {exc}"
-        ) from None
+class _Decoded:
+    """Stage 3: ``codec.decode`` on every sample. In training (``shards`` given) samples it
+    leaves out are skipped - but a slot that skips a whole pass would cycle forever, so that
+    raises; evaluation must keep every sample (its batch counts are known in advance)."""
 
+    def __init__(self, codec, shards=None, seed=0, epoch: Epoch = 0, rank=0, world_size=1):
+        self.codec, self.shards, self.seed, self.epoch = codec, shards, seed, epoch
+        self.rank, self.world_size = rank, world_size
 
-def _frame(image: np.ndarray, size: int) -> np.ndarray:
-    """The central ``size x size`` frame the mean image covers (the whole image for cropped
-    shards; for ``--no-crop`` shards the same window the statistics used)."""
-    height, width = image.shape[:2]
-    if height == size and width == size:
-        return image
-    if height < size or width < size:
-        raise DatasetError(f"an image of {height}x{width} is smaller than the {size}x{size} frame")
-    top, left = (height - size) // 2, (width - size) // 2
-    return image[top : top + size, left : left + size]
-
-
-def _new_uint8(shape) -> tuple[torch.Tensor, np.ndarray]:
-    images = torch.empty(shape, dtype=torch.uint8)
-    if torch.utils.data.get_worker_info() is not None:
-        images.share_memory_()  # filled in place; the worker queue then sends it without a copy
-    return images, images.numpy()
-
-
-def _labels(samples) -> torch.Tensor:
-    return torch.tensor([int(s["cls"]) for s in samples], dtype=torch.int64)
+    def __call__(self, samples):
+        decode = self.codec.decode
+        per_pass = None
+        if self.shards is not None:
+            slot, slots, _ = _slot(self.rank, self.world_size)
+            tasks = _train_tasks(self.shards, self.seed, int(self.epoch), slot, slots)
+            per_pass = sum(t.samples for t in tasks)
+        missed = 0
+        for sample in samples:
+            item = decode(sample)
+            if item is not None:
+                missed = 0
+                yield item
+            elif per_pass is None:
+                raise RuntimeError(f"{type(self.codec).__name__} left out an evaluation sample")
+            else:
+                missed += 1
+                if missed > per_pass:
+                    raise DatasetError(
+                        f"a whole pass over shards {', '.join(t.name for t in tasks)} gave no "
+                        f"sample {type(self.codec).__name__} can train on"
+                    )
 
 
 class _TrainBatches:
-    """Stage 3 (train): decode, random crop windows, crops copied into one uint8 batch.
+    """Stage 4 (train): full batches of ``codec.collate``, with the slot's per-epoch rng.
 
     Each loader worker stops after its share of the epoch's ``length`` batches (the DataLoader
     takes batches from its workers in turn, so worker ``w`` delivers batches ``w, w + W, ...``):
     the epoch ends when the streams do, and no batch is decoded only to be dropped.
     """
 
-    def __init__(self, batch_size, crop, frame, seed, epoch, rank, world_size, length) -> None:
-        self.batch_size, self.crop, self.frame = batch_size, crop, frame
+    def __init__(self, codec, batch_size, seed, epoch, rank, world_size, length) -> None:
+        self.codec, self.batch_size = codec, batch_size
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.length = length
         self.rng: np.random.Generator | None = None
@@ -268,43 +445,22 @@ class _TrainBatches:
         batches = wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(samples)
         return islice(batches, len(range(worker, self.length, workers)))
 
-    def collate(self, samples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        crop, count = self.crop, len(samples)
-        windows = random_windows(count, self.frame, self.frame, crop, self.rng)
-        images, pixels = _new_uint8((count, crop, crop, 3))
-        for i, (sample, (top, left, _)) in enumerate(zip(samples, windows.tolist(), strict=True)):
-            frame = _frame(_decode(sample), self.frame)
-            pixels[i] = frame[top : top + crop, left : left + crop]
-        return images, _labels(samples), torch.from_numpy(windows)
+    def collate(self, items):
+        return self.codec.collate(items, self.rng)
 
 
 class _EvalBatches:
-    """Stage 2 (evaluation): centre crops, or the whole frame (ten-crop) or image (full)."""
+    """Stage 3 (evaluation): ``codec.collate`` on batches of the slot's share (the last one
+    may be smaller)."""
 
-    def __init__(self, batch_size, mode, crop, frame, keys) -> None:
-        self.batch_size, self.mode, self.keys = batch_size, mode, keys
-        self.crop, self.frame = crop, frame
+    def __init__(self, codec, batch_size) -> None:
+        self.codec, self.batch_size = codec, batch_size
 
     def __call__(self, samples):
         return wds.batched(self.batch_size, collation_fn=self.collate, partial=True)(samples)
 
-    def collate(self, samples):
-        count = len(samples)
-        windows = torch.zeros((count, 3), dtype=torch.int64)
-        if self.mode == "full":
-            decoded = [torch.from_numpy(_decode(s)) for s in samples]
-            same = all(d.shape == decoded[0].shape for d in decoded)
-            images = torch.stack(decoded) if same else decoded
-        else:
-            side = self.crop if self.mode == "center" else self.frame
-            offset = (self.frame - side) // 2
-            windows[:, :2] = offset
-            images, pixels = _new_uint8((count, side, side, 3))
-            for i, sample in enumerate(samples):
-                frame = _frame(_decode(sample), self.frame)
-                pixels[i] = frame[offset : offset + side, offset : offset + side]
-        batch = (images, _labels(samples), windows)
-        return batch + ([s["__key__"] for s in samples],) if self.keys else batch
+    def collate(self, items):
+        return self.codec.collate(items, None)
 
 
 # --------------------------------------------------------------------------- loaders
@@ -347,8 +503,8 @@ class ShardLoader:
 
 def _one_line(exc: DatasetError) -> str:
     """The original message of a DatasetError a loader process raised: torch re-raises it as
-    ``DatasetError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback
-    ...\nconvplat.errors.DatasetError: <message>")``; users get ``<message>``."""
+    ``DatasetError("Caught DatasetError in DataLoader worker process 0.\\nOriginal Traceback
+    ...\\nconvplat.errors.DatasetError: <message>")``; users get ``<message>``."""
     text = str(exc)
     if not text.startswith("Caught "):
         return text
@@ -369,7 +525,7 @@ def _web_loader(
     )
 
 
-def _check_common(batch_size, rank, world_size, num_workers, crop_size, frame) -> int:
+def _check_common(batch_size, rank, world_size, num_workers) -> int:
     if batch_size < 1:
         raise ConfigError(f"batch size: expected >= 1, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
@@ -377,8 +533,6 @@ def _check_common(batch_size, rank, world_size, num_workers, crop_size, frame) -
     workers = default_num_workers() if num_workers is None else num_workers
     if workers < 0:
         raise ConfigError(f"num_workers: expected >= 0, got {workers}")
-    if not 1 <= crop_size <= frame:
-        raise ConfigError(f"crop size: expected 1..{frame} (the shard image size), got {crop_size}")
     return workers
 
 
@@ -389,7 +543,8 @@ class TrainLoader:
     up between epochs (``persistent_workers``) and read the epoch number from one shared-memory
     integer, so an epoch costs no fork, no worker start-up and no re-import. ``epoch(e)``
     yields exactly the batches :func:`train_loader` with ``epoch=e`` yields. Arguments: see
-    :func:`train_loader`.
+    :func:`train_loader`; ``codec`` replaces the classification crops (``crop_size`` is then
+    unused) with another :class:`SampleCodec`, whose ``count`` sets the epoch's length.
     """
 
     def __init__(
@@ -406,21 +561,24 @@ class TrainLoader:
         drop_last: bool = True,
         pin_memory: bool = False,
         persistent: bool = True,
+        codec: SampleCodec | None = None,
     ) -> None:
         shard_set = ShardSet.open(shard_dir)
-        frame = shard_set.size
-        workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
+        workers = _check_common(batch_size, rank, world_size, num_workers)
+        codec = codec or RandomCrops(crop_size, shard_set.size)
         shards = shard_set.shards("train")
-        self.length = train_batches(sum(c for _, c in shards), batch_size, world_size, drop_last)
+        count = codec.count(shard_set, "train")
+        self.length = train_batches(count, batch_size, world_size, drop_last)
         # Shared before the workers fork, so set_epoch reaches them without a restart.
         self.current = torch.zeros((), dtype=torch.int64).share_memory_()
         epoch = self.current
         pipeline = wds.DataPipeline(
-            _TrainSamples(shard_set, shards, seed, epoch, rank, world_size),
+            _TrainSamples(shard_set, shards, seed, epoch, rank, world_size, codec.suffixes),
             _SlotShuffle(  # before decode
                 shuffle_buffer, shards, seed, epoch, rank, world_size, initial=batch_size
             ),
-            _TrainBatches(batch_size, crop_size, frame, seed, epoch, rank, world_size, self.length),
+            _Decoded(codec, shards, seed, epoch, rank, world_size),
+            _TrainBatches(codec, batch_size, seed, epoch, rank, world_size, self.length),
         )
         self.loader = _web_loader(pipeline, workers, pin_memory, persistent)
 
@@ -446,6 +604,7 @@ def train_loader(
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     drop_last: bool = True,
     pin_memory: bool = False,
+    codec: SampleCodec | None = None,
 ) -> ShardLoader:
     """One training epoch on one rank: exactly ``num_batches(...)`` full batches.
 
@@ -458,7 +617,8 @@ def train_loader(
     the cycling streams). The same arguments give the same batches. For many epochs,
     :class:`TrainLoader` gives the same batches from loader processes kept across epochs.
 
-    Yields ``(images uint8 (B, crop, crop, 3), labels int64 (B,), windows int64 (B, 3))``.
+    Yields ``(images uint8 (B, crop, crop, 3), labels int64 (B,), windows int64 (B, 3))``,
+    or with ``codec`` what its ``collate`` makes.
     """
     loader = TrainLoader(
         shard_dir,
@@ -472,6 +632,7 @@ def train_loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
         persistent=False,
+        codec=codec,
     )
     return loader.epoch(epoch)
 
@@ -488,6 +649,8 @@ def eval_loader(
     mode: str = "center",
     keys: bool = False,
     pin_memory: bool = False,
+    codec: SampleCodec | None = None,
+    limit: int = 0,
 ) -> ShardLoader:
     """Every sample of ``split`` exactly once over all ranks: no padding, no duplicates.
 
@@ -497,17 +660,23 @@ def eval_loader(
     sizes is a list of ``(H, W, 3)`` tensors). Windows are the images' places in the mean
     frame (flip 0). A rank or worker whose share is empty yields nothing; every worker's last
     batch may be smaller. ``keys=True`` appends the list of sample keys to each batch.
+    ``codec`` replaces the modes with another :class:`SampleCodec` (``mode``, ``crop_size``
+    and ``keys`` are then unused); ``limit`` reads only the split's first ``limit`` samples
+    (manifest order; still each exactly once, whatever the ranks and workers).
     """
-    if mode not in EVAL_MODES:
+    if codec is None and mode not in EVAL_MODES:
         raise ConfigError(f"evaluation mode: expected one of {', '.join(EVAL_MODES)}, got {mode!r}")
+    if limit < 0:
+        raise ConfigError(f"limit: expected >= 0, got {limit}")
     shard_set = ShardSet.open(shard_dir)
-    frame = shard_set.size
-    workers = _check_common(batch_size, rank, world_size, num_workers, crop_size, frame)
+    workers = _check_common(batch_size, rank, world_size, num_workers)
+    codec = codec or EvalCrops(mode, crop_size, shard_set.size, keys)
     shards = shard_set.shards(split)
-    length = eval_batches(shards, batch_size, world_size, rank, workers)
+    length = eval_batches(shards, batch_size, world_size, rank, workers, limit)
     pipeline = wds.DataPipeline(
-        _EvalSamples(shard_set, shards, rank, world_size),
-        _EvalBatches(batch_size, mode, crop_size, frame, keys),
+        _EvalSamples(shard_set, shards, rank, world_size, codec.suffixes, limit),
+        _Decoded(codec),
+        _EvalBatches(codec, batch_size),
     )
     return ShardLoader(_web_loader(pipeline, workers, pin_memory), length)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -231,9 +232,15 @@ def error_report(error: BaseException) -> str:
 
 
 def root_cause(error: BaseException) -> str:
-    """The last non-empty line of an error: for a worker failure, the worker's exception."""
+    """The last non-empty line of an error: for a worker failure, the worker's exception.
+
+    convplat's own errors are written for users, so their class name is dropped; any other
+    exception keeps its name (``RuntimeError: ...`` says what kind of failure it was).
+    """
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    return re.sub(r"^convplat\.[\w.]+: ", "", lines[-1].strip())
 
 
 def _show_progress(thread: threading.Thread, queue, config: ScalingSettings) -> None:
@@ -361,16 +368,21 @@ class Worker:
         return meta
 
     def announce(self, start_epoch: int, **extra) -> None:
-        """The ``start`` event in ``events.jsonl``: first epoch, world size, every rank's pid."""
-        pids = [os.getpid()] * self.world_size
+        """The ``start`` event in ``events.jsonl``: first epoch, world size, every rank's pid
+        and Ray node id (on a cluster: which machines the run really used)."""
+        import ray
+
+        here = (os.getpid(), ray.get_runtime_context().get_node_id())
+        ranks = [here] * self.world_size
         if self.distributed:
-            dist.all_gather_object(pids, os.getpid())
+            dist.all_gather_object(ranks, here)
         if self.chief:
             event = {
                 "event": "start",
                 "epoch": start_epoch,
                 "world_size": self.world_size,
-                "pids": pids,
+                "pids": [pid for pid, _ in ranks],
+                "nodes": [node for _, node in ranks],
                 "host": socket.gethostname(),
                 **extra,
             }

@@ -115,7 +115,9 @@ def _run_dir_of(file: Path) -> Path:
     )
 
 
-def load_checkpoint(checkpoint: str | None = None, runs: str = "runs") -> Checkpoint:
+def load_checkpoint(
+    checkpoint: str | None = None, runs: str = "runs", option: str = "--checkpoint"
+) -> Checkpoint:
     """The newest run under ``runs`` (or ``checkpoint``: a run directory or a ``.safetensors``
     file inside one), with its weight bytes and their sha256.
 
@@ -137,7 +139,7 @@ def load_checkpoint(checkpoint: str | None = None, runs: str = "runs") -> Checkp
         path = Path(checkpoint)
         if not path.exists():
             raise ConvplatError(
-                f"--checkpoint: {checkpoint} does not exist: expected a run directory "
+                f"{option}: {checkpoint} does not exist: expected a run directory "
                 "(runs/<model>-<stamp>) or a .safetensors file inside one"
             )
         if path.is_dir():
@@ -149,14 +151,14 @@ def load_checkpoint(checkpoint: str | None = None, runs: str = "runs") -> Checkp
                 latest = latest_checkpoint(str(path))
                 if latest is None:
                     raise ConvplatError(
-                        f"--checkpoint: {checkpoint} has no {FINAL_WEIGHTS}, {BEST_WEIGHTS} or "
+                        f"{option}: {checkpoint} has no {FINAL_WEIGHTS}, {BEST_WEIGHTS} or "
                         "epoch checkpoint; train it first or pass another run"
                     )
                 file = Path(latest) / FINAL_WEIGHTS
         else:
             if path.suffix != ".safetensors":
                 raise ConvplatError(
-                    f"--checkpoint: expected a run directory or a .safetensors file, got {path}"
+                    f"{option}: expected a run directory or a .safetensors file, got {path}"
                 )
             file = path
             run_dir = _run_dir_of(path.resolve())

@@ -220,10 +220,7 @@ def run_correspondence(
     pixels, mapped through the preprocessing) or ``input`` (model-input pixels).
     """
     from convplat.pipeline.image import process_image
-    from convplat.pipeline.shardset import load_stats
-    from convplat.storage import resolve
-    from convplat.training.checkpoints import load_run_model
-    from convplat.visualize.runs import preprocess
+    from convplat.visualize.runs import load_model, mean_stats, out_location, preprocess
 
     if len(images) < 2:
         raise ConvplatError(f"expected at least 2 images (the paper uses 5), got {len(images)}")
@@ -243,11 +240,11 @@ def run_correspondence(
         if not Path(path).is_file():
             raise ConvplatError(f"expected an image file, got {path!r} (no such file)")
         blobs.append(Path(path).read_bytes())
-    model, config = load_run_model(run, weights=weights)
+    model, config = load_model(run, weights=weights)
     size = model.input_size
     inputs = torch.stack([preprocess(b, config, size) for b in blobs])  # (N, 3, size, size)
     if coords == "image":
-        frame = int(load_stats(config["data"])["mean"].shape[0])
+        frame = int(mean_stats(config)["mean"].shape[0])
         rects = [
             image_to_input(r, process_image(b, frame).geometry, frame, size)
             for r, b in zip(rects, blobs, strict=True)
@@ -266,7 +263,7 @@ def run_correspondence(
         measure="normalised Hamming distance of sign(x - x_masked); layer 5 = pooled conv5, "
         "layer 7 = fc7",
     )
-    location = resolve(out if out is not None else resolve(run).join("visualize"))
+    location = out_location(run, out)
     file = f"correspondence-{name}.json"
     location.write_bytes(file, (json.dumps(result, indent=1) + "\n").encode())
     return location.join(file), result

@@ -111,3 +111,27 @@ def occlusion(
         "target": target,
         "size": size,
     }
+
+
+def box_drops(
+    maps: dict, clean: float, boxes: list[tuple[float, float, float, float]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """How much the square costs the target class where it covers the object and where not.
+
+    ZFNet §4.2: "the probability of the correct class drops significantly when the object is
+    occluded". ``maps`` from :func:`occlusion` (``prob`` of the true class), ``clean`` that
+    probability on the unoccluded image, ``boxes`` the object's (x0, y0, x1, y1) in model-input
+    pixels. Returns the drops ``clean - prob`` at the positions whose square's centre lies
+    inside a box ("covers the object") and at those whose square touches no box.
+    """
+    size = maps["size"]
+    tops = np.asarray(maps["tops"], np.float64)[:, None]  # (ny, 1)
+    lefts = np.asarray(maps["lefts"], np.float64)[None, :]  # (1, nx)
+    cy, cx = tops + size / 2, lefts + size / 2
+    covers = np.zeros(maps["prob"].shape, bool)
+    touches = np.zeros(maps["prob"].shape, bool)
+    for x0, y0, x1, y1 in boxes:
+        covers |= (x0 <= cx) & (cx <= x1) & (y0 <= cy) & (cy <= y1)
+        touches |= (lefts < x1) & (x0 < lefts + size) & (tops < y1) & (y0 < tops + size)
+    drops = clean - np.asarray(maps["prob"], np.float64)
+    return drops[covers], drops[~touches]

@@ -2,28 +2,87 @@
 
 Each function writes into ``<run>/visualize/`` (or ``out``) on the run's own filesystem (a
 pyarrow URI keeps its scheme) and returns the written file's URI; ``convplat visualize`` only
-parses arguments and prints it.
+parses arguments and prints it. ``run`` may also be ``torchvision:alexnet``: torchvision's
+ImageNet weights from the torch cache (:mod:`convplat.training.models.pretrained`), with its
+per-channel ImageNet mean in place of a mean image; its pictures go to
+``./visualize-torchvision-alexnet/`` unless ``out`` says otherwise, and the top-9 search
+needs ``data``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
-from convplat.errors import ConvplatError
-from convplat.storage import resolve
+from convplat.errors import ConfigError, ConvplatError
+from convplat.storage import Location, resolve
+from convplat.training.models.pretrained import IMAGENET_MEAN, TORCHVISION_ALEXNET
 from convplat.visualize.occlusion import occlusion
 from convplat.visualize.plots import filters_png, occlusion_png
 
 OUT_DIR = "visualize"
+TORCHVISION_OUT = "visualize-torchvision-alexnet"  # torchvision:alexnet has no run directory
+TORCHVISION_FRAME = 256  # torchvision's eval preset: shorter side 256, centre crop 224
+
+
+def out_location(run: str, out: str | None) -> Location:
+    """Where a run's pictures go: ``out``, else ``<run>/visualize`` (for
+    ``torchvision:alexnet``: ``./visualize-torchvision-alexnet``)."""
+    if out is not None:
+        return resolve(out)
+    if run == TORCHVISION_ALEXNET:
+        return resolve(TORCHVISION_OUT)
+    return resolve(run).child(OUT_DIR)
 
 
 def _write(run: str, out: str | None, name: str, data: bytes) -> str:
-    """Write ``name`` into ``out`` (default ``<run>/visualize``); returns the file's URI."""
-    location = resolve(out) if out is not None else resolve(run).child(OUT_DIR)
+    """Write ``name`` into :func:`out_location`; returns the file's URI."""
+    location = out_location(run, out)
     location.write_bytes(name, data)
     return location.child(name).uri
+
+
+def load_model(run: str, weights: str = "final") -> tuple[nn.Module, dict]:
+    """A run's model in eval mode and its config (``load_run_model``), or for
+    ``torchvision:alexnet`` torchvision's ImageNet AlexNet (normalisation folded into conv1)
+    with a config that names its per-channel mean (``mean_rgb``) and no shards (``data``)."""
+    from convplat.training.checkpoints import load_run_model
+
+    if run != TORCHVISION_ALEXNET:
+        return load_run_model(run, weights=weights)
+    if weights != "final":
+        raise ConfigError(f"--weights {weights}: torchvision:alexnet has one set of weights")
+    from convplat.transfer.checkpoint import torchvision_checkpoint
+
+    checkpoint = torchvision_checkpoint()
+    config = {
+        "model": checkpoint.model,
+        "num_classes": checkpoint.num_classes,
+        "input_scale": checkpoint.input_scale,
+        "data": None,
+        "mean_rgb": [255 * m for m in IMAGENET_MEAN],
+    }
+    return checkpoint.build(), config
+
+
+def mean_stats(config: dict) -> dict[str, np.ndarray]:
+    """The statistics a run's inputs are normalised with: its shards' ``stats.npz``, or for
+    weights that came with a per-channel mean (``config["mean_rgb"]``, torchvision's) that
+    mean over torchvision's 256 frame; lighting is never applied here."""
+    from convplat.pipeline.shardset import load_stats
+
+    mean_rgb = config.get("mean_rgb")
+    if mean_rgb is None:
+        return load_stats(config["data"])
+    frame = (TORCHVISION_FRAME, TORCHVISION_FRAME, 3)
+    return {
+        "mean": np.broadcast_to(np.asarray(mean_rgb, np.float32), frame).copy(),
+        "eigval": np.zeros(3, np.float32),
+        "eigvec": np.eye(3, dtype=np.float32),
+    }
 
 
 def preprocess(image_bytes: bytes, config: dict, size: int) -> torch.Tensor:
@@ -31,10 +90,9 @@ def preprocess(image_bytes: bytes, config: dict, size: int) -> torch.Tensor:
     (256), centre crop, centre ``size`` crop, mean subtraction, ``input_scale``; (3, size, size).
     """
     from convplat.pipeline.image import process_image
-    from convplat.pipeline.shardset import load_stats
     from convplat.training.augment import BatchTransform, center_window, windows_tensor
 
-    stats = load_stats(config["data"])
+    stats = mean_stats(config)
     frame = int(stats["mean"].shape[0])
     pixels = process_image(image_bytes, frame).pixels  # (frame, frame, 3) uint8
     top, left, flip = center_window(pixels.shape[0], pixels.shape[1], size)
@@ -47,9 +105,7 @@ def preprocess(image_bytes: bytes, config: dict, size: int) -> torch.Tensor:
 
 def run_filters(run: str, out: str | None = None, weights: str = "final") -> str:
     """``convplat visualize filters RUN``: first-layer filters -> ``filters.png``."""
-    from convplat.training.checkpoints import load_run_model
-
-    model, _ = load_run_model(run, weights=weights)
+    model, _ = load_model(run, weights=weights)
     return _write(run, out, "filters.png", filters_png(model))
 
 
@@ -64,12 +120,10 @@ def run_occlusion(
     batch_size: int = 64,
 ) -> str:
     """``convplat visualize occlusion RUN IMAGE``: Fig. 7 maps -> ``occlusion-<image>.png``."""
-    from convplat.training.checkpoints import load_run_model
-
     path = Path(image_path)
     if not path.is_file():
         raise ConvplatError(f"expected an image file, got {image_path!r} (no such file)")
-    model, config = load_run_model(run, weights=weights)
+    model, config = load_model(run, weights=weights)
     image = preprocess(path.read_bytes(), config, model.input_size)
     if label is not None and not 0 <= label < model.num_classes:
         raise ConvplatError(f"expected --label in 0..{model.num_classes - 1}, got {label}")
@@ -77,12 +131,29 @@ def run_occlusion(
     return _write(run, out, f"occlusion-{path.stem}.png", occlusion_png(image, maps))
 
 
+def shards_of(run: str, config: dict, data: str | None) -> str:
+    """``data``, else the run's shards (torchvision:alexnet has none: ``--data`` is needed)."""
+    shards = data or config.get("data")
+    if not shards:
+        raise ConfigError(
+            f"{run} has no validation shards of its own; pass --data SHARDS (a directory "
+            "written by `convplat prepare`)"
+        )
+    return shards
+
+
 def val_batches(run_config: dict, size: int, batch_size: int, data: str | None = None):
     """Validation images of a run's shards as (B, 3, size, size) model inputs, centre crops."""
     from convplat.visualize.search import val_batches as shard_batches
 
     shards = data or run_config["data"]
-    yield from shard_batches(shards, size, batch_size, run_config.get("input_scale", 1.0))
+    yield from shard_batches(
+        shards,
+        size,
+        batch_size,
+        run_config.get("input_scale", 1.0),
+        mean_rgb=run_config.get("mean_rgb"),
+    )
 
 
 def run_deconv(
@@ -107,13 +178,15 @@ def run_deconv(
     search large validation splits (auto: from ``ray_min_images`` images)."""
     from convplat.cluster import RAY_MIN_IMAGES
     from convplat.progress import progress_bar
-    from convplat.training.checkpoints import load_run_model
     from convplat.visualize.deconv import conv_layers
     from convplat.visualize.plots import deconv_figure, png_bytes
     from convplat.visualize.search import check_executor, search_shards
 
     check_executor(executor)  # before the (slow) model load
-    model, config = load_run_model(run, weights=weights)
+    if run == TORCHVISION_ALEXNET:
+        shards_of(run, {}, data)  # before the model load, too
+    model, config = load_model(run, weights=weights)
+    shards = shards_of(run, config, data)
     convs = conv_layers(model)
     if not 1 <= layer <= len(convs):
         raise ConvplatError(f"expected --layer in 1..{len(convs)}, got {layer}")
@@ -129,8 +202,9 @@ def run_deconv(
             model,
             layer,
             maps,
-            data or config["data"],
+            shards,
             input_scale=config.get("input_scale", 1.0),
+            mean_rgb=config.get("mean_rgb"),
             k=9,
             batch_size=batch_size,
             executor=executor,
@@ -178,6 +252,11 @@ def run_evolution(
     from convplat.training.models import create_model
     from convplat.visualize.plots import evolution_figure, png_bytes
 
+    if run == TORCHVISION_ALEXNET:
+        raise ConfigError(
+            "evolution needs a run with epoch checkpoints; torchvision:alexnet is one set of "
+            "weights (use filters, deconv, occlusion or correspondence)"
+        )
     config = read_run_config(run)
     checkpoints = epoch_checkpoints(run)
     if epochs is not None:

@@ -9,8 +9,9 @@ broken by sample key, so the result does not depend on how the shards were split
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,17 +32,22 @@ def val_batches(
     world_size: int = 1,
     num_workers: int | None = None,
     keys: bool = False,
+    mean_rgb: Sequence[float] | None = None,
 ) -> Iterator[torch.Tensor | tuple[torch.Tensor, list[str]]]:
     """Validation images of ``shards`` as (B, 3, size, size) model inputs (centre crops, mean
     subtracted, scaled), with their sample keys when ``keys``; ``rank`` of ``world_size``
-    reads its share of the shards only."""
+    reads its share of the shards only. ``mean_rgb`` replaces the shards' mean image by a
+    per-channel mean (weights trained elsewhere: torchvision's)."""
     from convplat.pipeline.shardset import load_stats
     from convplat.training.augment import BatchTransform
     from convplat.training.data import eval_loader
 
-    transform = BatchTransform.from_stats(
-        load_stats(shards), lighting_std=0.0, input_scale=input_scale
-    ).eval()
+    stats = dict(load_stats(shards))
+    if mean_rgb is not None:
+        stats["mean"] = np.broadcast_to(
+            np.asarray(mean_rgb, np.float32), stats["mean"].shape
+        ).copy()
+    transform = BatchTransform.from_stats(stats, lighting_std=0.0, input_scale=input_scale).eval()
     loader = eval_loader(
         shards,
         "val",
@@ -69,6 +75,7 @@ def search_part(
     batch_size: int,
     rank: int,
     world_size: int,
+    mean_rgb: Sequence[float] | None = None,
 ) -> dict[int, list[Activation]]:
     """The body of one Ray task (no Ray here): the top ``k`` of each map over share ``rank``
     of ``world_size`` of the validation shards, read in this process."""
@@ -81,6 +88,7 @@ def search_part(
         world_size=world_size,
         num_workers=0,
         keys=True,
+        mean_rgb=mean_rgb,
     )
     return top_of_maps(layers.eval(), batches, channels, k)
 
@@ -106,6 +114,7 @@ def search_shards(
     shards: str,
     *,
     input_scale: float = 1.0,
+    mean_rgb: Sequence[float] | None = None,
     k: int = 9,
     batch_size: int = 32,
     executor: str = "auto",
@@ -119,15 +128,16 @@ def search_shards(
     ``executor``: ``local`` streams the shards here; ``ray`` runs one task per shard group;
     ``auto`` uses Ray from ``ray_min_images`` validation images (or with ``address``).
     ``progress``: an optional rich Progress to report finished shard groups on.
+    ``mean_rgb``: a per-channel mean in place of the shards' mean image (see ``val_batches``).
     """
     check_executor(executor)
     count, groups = val_count(shards)
     size = model.input_size
     if not use_ray(executor, count, address, ray_min_images):
-        batches = val_batches(shards, size, batch_size, input_scale, keys=True)
+        batches = val_batches(shards, size, batch_size, input_scale, keys=True, mean_rgb=mean_rgb)
         return top_activations(model.eval(), batches, layer, channels, k), "local"
     layers = model.features[: relu_index(model, layer) + 1]
-    spec = dict(size=size, input_scale=input_scale, k=k, batch_size=batch_size)
+    spec = dict(size=size, input_scale=input_scale, k=k, batch_size=batch_size, mean_rgb=mean_rgb)
     return _search_ray(layers, shards, channels, spec, groups, address, progress), "ray"
 
 

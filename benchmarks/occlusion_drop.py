@@ -1,0 +1,121 @@
+"""Does the network look at the object? ZFNet §4.2's occlusion finding, measured on a run.
+
+    python benchmarks/occlusion_drop.py runs/alexnet-<stamp>            # the run's val shards
+    python benchmarks/occlusion_drop.py torchvision:alexnet --data SHARDS --limit 100
+
+For every validation image with a box, convplat's grey-square occlusion
+(``convplat.visualize.occlusion``, the square at the mean image) maps the true class's
+probability; the drop from the unoccluded probability is averaged over the positions where the
+square's centre lies in the object's box ("covers") and over those where the square touches no
+box ("does not cover"), per image and then over images. The baseline is the second figure; the
+ratio covers / does-not-cover should be >= 3 (ZFNet: "the probability of the correct class
+drops significantly when the object is occluded"). A network that classifies by something else
+than the object (a colour anywhere in the image, the background) has a ratio near 1 or an
+undefined one (both drops ~0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from convplat.pipeline.shardset import read_manifest
+from convplat.visualize.occlusion import box_drops, occlusion
+from convplat.visualize.runs import load_model, shards_of
+from convplat.visualize.search import val_batches
+
+TARGET = 3.0
+
+
+def read_boxes(shards: str) -> dict[str, tuple[int, list]]:
+    """``key -> (label, boxes)`` of the validation samples with at least one box, from
+    ``index.parquet`` (boxes in the shard frame's pixels)."""
+    import pyarrow.parquet as pq
+
+    from convplat.storage import resolve
+
+    location = resolve(shards)
+    with location.fs.open_input_file(location.join("index.parquet")) as handle:
+        rows = pq.read_table(handle, columns=["key", "split", "label", "boxes"]).to_pydict()
+    return {
+        key: (int(label), [tuple(map(float, b)) for b in boxes])
+        for key, split, label, boxes in zip(
+            rows["key"], rows["split"], rows["label"], rows["boxes"], strict=True
+        )
+        if split == "val" and boxes
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="run directory or torchvision:alexnet")
+    parser.add_argument("--data", help="shards (default: the run's)")
+    parser.add_argument("--weights", default="final")
+    parser.add_argument("--size", type=int, default=32, help="grey square side (32)")
+    parser.add_argument("--stride", type=int, default=16, help="step between squares (16)")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many images (0: all)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    model, config = load_model(args.run, weights=args.weights)
+    shards = shards_of(args.run, config, args.data)
+    boxed = read_boxes(shards)
+    side = model.input_size
+    offset = (int(read_manifest(shards)["size"]) - side) // 2  # the centre crop's corner
+    inside_means, outside_means, clean_probs, positions = [], [], [], [0, 0]
+    batches = val_batches(
+        shards,
+        side,
+        16,
+        config.get("input_scale", 1.0),
+        keys=True,
+        mean_rgb=config.get("mean_rgb"),
+    )
+    for images, keys in batches:
+        with torch.inference_mode():
+            probs = model(images).softmax(dim=1)
+        for image, key, prob in zip(images, keys, probs, strict=True):
+            if key not in boxed:
+                continue
+            label, boxes = boxed[key]
+            shifted = [tuple(v - offset for v in box) for box in boxes]  # model-input pixels
+            maps = occlusion(model, image, label, size=args.size, stride=args.stride)
+            clean = float(prob[label])
+            inside, outside = box_drops(maps, clean, shifted)
+            if len(inside) and len(outside):
+                inside_means.append(inside.mean())
+                outside_means.append(outside.mean())
+                clean_probs.append(clean)
+                positions[0] += len(inside)
+                positions[1] += len(outside)
+            if args.limit and len(inside_means) >= args.limit:
+                break
+        if args.limit and len(inside_means) >= args.limit:
+            break
+    if not inside_means:
+        raise SystemExit("no validation image with a box had squares both on and off its box")
+
+    covers, off = float(np.mean(inside_means)), float(np.mean(outside_means))
+    print(
+        f"{args.run}: {len(inside_means)} validation images with boxes, {args.size}x{args.size} "
+        f"square, stride {args.stride}; mean true-class probability unoccluded "
+        f"{np.mean(clean_probs):.4f}"
+    )
+    for what, drop, count in (("does not cover the box (baseline)", off, positions[1]),
+                              ("covers the box", covers, positions[0])):  # fmt: skip
+        print(f"mean drop, square {what}: {drop:+.4f} ({count} squares)")
+    # A baseline at or below zero (occluding the background never costs the class) makes any
+    # positive covering drop an unbounded ratio.
+    ratio = covers / off if off > 0 else (float("inf") if covers > 0 else float("nan"))
+    verdict = "met" if ratio >= TARGET else "missed"
+    print(f"ratio covers / does not cover: {ratio:.2f}x (target >= {TARGET:g}x: {verdict})")
+    print(f"{time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
