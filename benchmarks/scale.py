@@ -35,7 +35,9 @@ Printed per stage: per size the wall time, time per item, driver peak RSS, store
 output size (loader: the shard bytes read); then the least-squares exponent of time vs size,
 the driver RSS ratio between the largest and the second size, the per-item time at the largest
 size against the size nearest 4k items, and the targets: exponent <= 1.05, RSS ratio <= 1.1,
-per-item within 10 %, each "met" or "missed".
+per-item within 10 %, each "met" or "missed"; last the least-squares line seconds = fixed +
+marginal x items and the marginal cost between successive sizes, which tell a fixed cost that
+is still amortising (time per item falling) from growth (marginal cost rising).
 
 Usage: python benchmarks/scale.py [--stage prepare,features,loader]
        [--sizes 1000,4000,16000,64000] [--image-size 64] [--shard-size 500]
@@ -427,6 +429,26 @@ def verdicts(stage: str, rows: list[dict]) -> None:
         f"target within 10 %: {verdict(abs(item_ratio - 1) <= 0.10)}",
         flush=True,
     )
+    fixed, marginal = affine(counts, seconds)
+    steps = [
+        (seconds[i + 1] - seconds[i]) / (counts[i + 1] - counts[i]) for i in range(len(rows) - 1)
+    ]
+    # A falling time per item is a fixed cost amortising, not growth: the fit says which.
+    print(
+        f"{stage}: fit seconds = {fixed:.2f} + {1000 * marginal:.3f} ms x items; marginal ms/item "
+        f"between successive sizes: {', '.join(f'{1000 * m:.3f}' for m in steps)} (largest "
+        f"step / first: {steps[-1] / steps[0]:.2f})",
+        flush=True,
+    )
+
+
+def affine(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b x``: the fixed cost ``a`` and the marginal cost ``b``."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    return my - b * mx, b
 
 
 def _sizes(text: str, flag: str) -> list[int]:

@@ -43,6 +43,7 @@ from convplat.pipeline.outdir import OutputError
 from convplat.pipeline.readers import IMAGE_EXTENSIONS, read_dataset
 from convplat.pipeline.shardset import ShardSet, ShardTask
 from convplat.storage import Location, resolve
+from convplat.training.models.pretrained import TORCHVISION_ALEXNET, build_network
 from convplat.transfer.checkpoint import Checkpoint, load_checkpoint
 from convplat.transfer.extract import extract_chunk, extract_jpegs
 from convplat.transfer.extractor import POOLS, layer_dims, resolve_layer
@@ -224,16 +225,20 @@ def extract(
         raise ConfigError(f"--batch-size: expected >= 1, got {batch_size}")
     checkpoint = load_checkpoint(run, option="RUN")
     with torch.device("meta"):
-        from convplat.training.models import create_model
-
-        shape_model = create_model(checkpoint.model, num_classes=checkpoint.num_classes)
+        shape_model = build_network(checkpoint.model, num_classes=checkpoint.num_classes)
     name = resolve_layer(shape_model, layer)  # fails early, before any work
     dim = layer_dims(shape_model, (layer,), pool, last_conv_alias=False)[layer]
     mean, quality = _mean_and_quality(checkpoint)
     src = open_source(source, split, layout)
     if src.count == 0:
         raise DatasetError(f"{source}: no images to extract")
-    target = out or os.path.join(checkpoint.run_dir, "features", f"{_stem(source)}-{name}.parquet")
+    # torchvision:alexnet has no run directory (its run_dir is the torch cache): ./features-…
+    base = (
+        "features-torchvision-alexnet"
+        if run == TORCHVISION_ALEXNET
+        else os.path.join(checkpoint.run_dir, "features")
+    )
+    target = out or os.path.join(base, f"{_stem(source)}-{name}.parquet")
     location = _claim_output(target)
     spec = dict(
         model_name=checkpoint.model,

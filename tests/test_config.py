@@ -104,6 +104,8 @@ def test_one_validator_for_the_shared_settings():
     assert isinstance(config, WorkerScale) and config.per_worker_batch == 32
     with pytest.raises(ConfigError, match="multiple of the 3 workers"):
         TrainConfig(workers=3, batch_size=128)
+    with pytest.raises(ConfigError, match="--loader-workers: expected >= 0, or -1"):
+        TrainConfig(loader_workers=-2)
 
 
 def test_resume_keeps_the_recorded_settings(tmp_path):

@@ -437,3 +437,26 @@ def test_classification_streams_are_pinned(shards, world_size, num_workers, trai
         for rank in range(world_size)
     ]
     assert got == val
+
+
+def test_reused_buffers_never_overwrite_a_batch_still_held(shards):
+    """Loader processes write a buffer again only once the main process dropped the batch in it:
+    a consumer that keeps every batch sees the pixels of a loader without reused buffers, and
+    one that drops them runs on the same few buffers."""
+    kwargs = dict(batch_size=2, num_workers=2, crop_size=CROP, seed=3)
+    reference = TrainLoader(shards, reuse_buffers=False, **kwargs)
+    assert reference.slots is None
+    expected = [b[0].clone() for epoch in (0, 1) for b in reference.epoch(epoch)]
+
+    keeping = TrainLoader(shards, **kwargs)
+    kept = [b[0] for epoch in (0, 1) for b in keeping.epoch(epoch)]  # held, not copied
+    assert len(kept) == len(expected) == 18
+    assert all(torch.equal(a, b) for a, b in zip(kept, expected, strict=True))
+    usage = keeping.slots.usage()
+    assert usage["slots"] <= 2 * 4 and usage["slots"] + usage["fresh"] == 18
+
+    dropping = TrainLoader(shards, **kwargs)
+    copied = [b[0].clone() for epoch in (0, 1) for b in dropping.epoch(epoch)]
+    assert all(torch.equal(a, b) for a, b in zip(copied, expected, strict=True))
+    usage = dropping.slots.usage()
+    assert usage["slots"] > 2 * 4 and usage["slots"] + usage["fresh"] == 18

@@ -1,4 +1,5 @@
-"""index.parquet streamed shard by shard is byte-identical to writing the whole table at once."""
+"""index.parquet streamed shard by shard is byte-identical to writing the whole table at once
+(with the writer's row group size)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def test_streamed_in_any_order_equals_one_write(tmp_path, monkeypatch, row_group
     everything = [row for name in shards for row in shards[name]]
     sink = pa.BufferOutputStream()
     pq.write_table(
-        pa.Table.from_pylist(everything, schema=INDEX_SCHEMA), sink, row_group_size=row_group
+        pa.Table.from_pylist(everything, schema=INDEX_SCHEMA),
+        sink,
+        row_group_size=index_module.ROW_GROUP,
     )
     assert (tmp_path / "index.parquet").read_bytes() == sink.getvalue().to_pybytes()
     assert pq.read_table(tmp_path / "index.parquet").to_pylist() == everything

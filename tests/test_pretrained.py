@@ -149,3 +149,26 @@ def test_visualize_without_cached_weights_names_where_it_looked(torch_home, tmp_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and torchvision_cache_file() in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_features_of_torchvision_weights_go_to_the_working_directory(
+    cached_alexnet, tmp_path, monkeypatch
+):
+    """torchvision:alexnet has no run directory: its features default to
+    ./features-torchvision-alexnet/, never into the torch cache."""
+    import pyarrow.parquet as pq
+    from conftest import jpeg_bytes
+
+    from convplat.export import extract
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"p{i}.jpg").write_bytes(jpeg_bytes(120, 100, seed=i))
+    summary = extract("torchvision:alexnet", str(folder), layer="fc6", executor="local")
+    out = tmp_path / "features-torchvision-alexnet" / "photos-fc6.parquet"
+    assert os.path.samefile(summary["out"], out) and summary["rows"] == 3
+    assert pq.read_table(out).num_rows == 3
+    cache = os.path.dirname(torchvision_cache_file())
+    assert not any("features" in name for name in os.listdir(cache))

@@ -24,7 +24,8 @@ def features_command(
     out: Annotated[
         str | None,
         typer.Option(
-            help="Directory of Parquet parts (default RUN/features/<source>-<layer>.parquet)."
+            help="Directory of Parquet parts (default RUN/features/<source>-<layer>.parquet; "
+            "torchvision:alexnet: ./features-torchvision-alexnet/…)."
         ),
     ] = None,
     pool: Annotated[

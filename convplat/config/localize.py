@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from convplat.config.shared import OPTIMIZERS, WEIGHTS_CHOICES, WorkerScale
-from convplat.config.validate import check, check_fields, choice
+from convplat.config.validate import check, check_fields, check_loader_workers, choice
 
 STRIDES = ("fine", "coarse")  # OverFeat §3.3: offset max-pooling (fine) or not (coarse)
 PAPER_SCALES: tuple[int, ...] = (245, 281, 317, 389, 425, 461)  # O Table 5: 6 scales
@@ -71,10 +71,6 @@ class LocalizeConfig(WorkerScale):
         choice("--weights", self.weights, WEIGHTS_CHOICES)
         check_loader_workers(self.loader_workers)
         self.check_scale()
-
-
-def check_loader_workers(value: int) -> None:
-    check(value >= -1, f"--loader-workers: expected >= 0, or -1 for the CPUs' default, got {value}")
 
 
 @dataclass(frozen=True)

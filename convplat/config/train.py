@@ -12,6 +12,7 @@ from convplat.config.shared import FLAG_ONLY, OPTIMIZERS, WorkerScale
 from convplat.config.validate import (
     check,
     check_fields,
+    check_loader_workers,
     choice,
     load_toml,
     merge,
@@ -93,6 +94,7 @@ class TrainConfig(WorkerScale):
         check(self.weight_decay >= 0, f"--weight-decay: expected >= 0, got {self.weight_decay}")
         choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("schedule", self.schedule, SCHEDULES)
+        check_loader_workers(self.loader_workers)
         self.check_scale()
         check(
             self.keep_checkpoints >= 1,

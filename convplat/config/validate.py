@@ -158,3 +158,7 @@ def parse_json_object(data: bytes, name: str) -> dict:
         raise ConfigError(f"{name}: not valid JSON ({exc}); the file is damaged") from None
     check(isinstance(value, dict), f"{name}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def check_loader_workers(value: int) -> None:
+    check(value >= -1, f"--loader-workers: expected >= 0, or -1 for the CPUs' default, got {value}")

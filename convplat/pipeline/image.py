@@ -229,7 +229,10 @@ def resize_crop(rgb: np.ndarray, geom: Geometry) -> np.ndarray:
     window = rgb[geom.top : geom.top + geom.crop_h, geom.left : geom.left + geom.crop_w]
     if window.shape[0] == geom.out_h and window.shape[1] == geom.out_w:
         return np.ascontiguousarray(window)
-    tensor = torch.from_numpy(np.ascontiguousarray(window)).permute(2, 0, 1).unsqueeze(0)
+    with warnings.catch_warnings():
+        # Pillow's arrays are read-only; torch warns for any such array, but only reads this one.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        tensor = torch.from_numpy(np.ascontiguousarray(window)).permute(2, 0, 1).unsqueeze(0)
     out = F.interpolate(
         tensor, size=(geom.out_h, geom.out_w), mode="bilinear", antialias=True, align_corners=False
     )  # (1, 3, H, W) uint8, planar even for a channels-last input

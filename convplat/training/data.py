@@ -38,6 +38,7 @@ from convplat.pipeline.shardset import (
     split_shards,
 )
 from convplat.training.augment import random_windows
+from convplat.training.slots import SlotTable, WorkerSlots, lending_pool
 
 EVAL_MODES = ("center", "ten-crop", "full")
 DEFAULT_SHUFFLE_BUFFER = 1000
@@ -176,10 +177,14 @@ def _frame(image: np.ndarray, size: int) -> np.ndarray:
 
 def new_uint8_batch(shape) -> tuple[torch.Tensor, np.ndarray]:
     """An empty uint8 batch tensor and its numpy view; in a loader process it is made in shared
-    memory first, so filling it in place is the only copy (the queue then sends a handle)."""
-    images = torch.empty(shape, dtype=torch.uint8)
-    if torch.utils.data.get_worker_info() is not None:
-        images.share_memory_()
+    memory first, so filling it in place is the only copy (the queue then sends a handle), and
+    is a reused buffer when the loader lends one (:mod:`convplat.training.slots`)."""
+    if (pool := lending_pool()) is not None:
+        images = pool.new(tuple(shape))
+    else:
+        images = torch.empty(shape, dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            images.share_memory_()
     return images, images.numpy()
 
 
@@ -432,21 +437,31 @@ class _TrainBatches:
     the epoch ends when the streams do, and no batch is decoded only to be dropped.
     """
 
-    def __init__(self, codec, batch_size, seed, epoch, rank, world_size, length) -> None:
+    def __init__(
+        self, codec, batch_size, seed, epoch, rank, world_size, length, slots=None
+    ) -> None:
         self.codec, self.batch_size = codec, batch_size
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
         self.length = length
         self.rng: np.random.Generator | None = None
+        self.slots: SlotTable | None = slots  # reused batch buffers (loader processes only)
+        self.pool: WorkerSlots | None = None
 
     def __call__(self, samples):
         worker, workers = _worker()
         seed = _seed(self.seed, int(self.epoch), self.rank, worker, _WINDOWS)
         self.rng = np.random.default_rng(seed)
+        if self.pool is None and self.slots is not None and torch.utils.data.get_worker_info():
+            self.pool = WorkerSlots(self.slots, worker)
         batches = wds.batched(self.batch_size, collation_fn=self.collate, partial=False)(samples)
         return islice(batches, len(range(worker, self.length, workers)))
 
     def collate(self, items):
-        return self.codec.collate(items, self.rng)
+        if self.pool is None:
+            return self.codec.collate(items, self.rng)
+        with self.pool.lending():
+            batch = self.codec.collate(items, self.rng)
+        return self.pool.wrap(batch)
 
 
 class _EvalBatches:
@@ -545,6 +560,9 @@ class TrainLoader:
     yields exactly the batches :func:`train_loader` with ``epoch=e`` yields. Arguments: see
     :func:`train_loader`; ``codec`` replaces the classification crops (``crop_size`` is then
     unused) with another :class:`SampleCodec`, whose ``count`` sets the epoch's length.
+    ``reuse_buffers`` (default): loader processes write batches into shared-memory buffers
+    they reuse once the batches using them are dropped (:mod:`convplat.training.slots`);
+    ``loader.slots.usage()`` counts reused and fresh ones.
     """
 
     def __init__(
@@ -562,6 +580,7 @@ class TrainLoader:
         pin_memory: bool = False,
         persistent: bool = True,
         codec: SampleCodec | None = None,
+        reuse_buffers: bool = True,
     ) -> None:
         shard_set = ShardSet.open(shard_dir)
         workers = _check_common(batch_size, rank, world_size, num_workers)
@@ -572,13 +591,17 @@ class TrainLoader:
         # Shared before the workers fork, so set_epoch reaches them without a restart.
         self.current = torch.zeros((), dtype=torch.int64).share_memory_()
         epoch = self.current
+        # Loader processes write batches into reused shared-memory buffers (slots.py).
+        self.slots = SlotTable(workers) if workers > 0 and reuse_buffers else None
         pipeline = wds.DataPipeline(
             _TrainSamples(shard_set, shards, seed, epoch, rank, world_size, codec.suffixes),
             _SlotShuffle(  # before decode
                 shuffle_buffer, shards, seed, epoch, rank, world_size, initial=batch_size
             ),
             _Decoded(codec, shards, seed, epoch, rank, world_size),
-            _TrainBatches(codec, batch_size, seed, epoch, rank, world_size, self.length),
+            _TrainBatches(
+                codec, batch_size, seed, epoch, rank, world_size, self.length, self.slots
+            ),
         )
         self.loader = _web_loader(pipeline, workers, pin_memory, persistent)
 
