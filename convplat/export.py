@@ -45,7 +45,7 @@ from convplat.pipeline.shardset import ShardSet, ShardTask
 from convplat.storage import Location, resolve
 from convplat.training.models.pretrained import TORCHVISION_ALEXNET, build_network
 from convplat.transfer.checkpoint import Checkpoint, load_checkpoint
-from convplat.transfer.extract import extract_chunk, extract_jpegs
+from convplat.transfer.extract import StoredWeights, extract_chunk, extract_jpegs
 from convplat.transfer.extractor import POOLS, layer_dims, resolve_layer
 
 METADATA_KEY = b"convplat"
@@ -402,7 +402,7 @@ def _run_ray(
     cpus, gpus = cluster_size()
     if not gpus:
         spec = {**spec, "device": "cpu"}
-    weights_ref = ray.put(weights)
+    weights_ref = StoredWeights(weights)  # each worker process builds the model once
     spec = {**spec, "mean": ray.put(spec["mean"])}
     chunk = max(16, math.ceil(len(src.paths) / (2 * (gpus or cpus))))
     fn = _shard_task if src.kind == "shards" else _files_task

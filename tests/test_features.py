@@ -290,3 +290,22 @@ def test_parts_a_cluster_wrote_elsewhere_are_one_line(tmp_path: Path):
     with pytest.raises(OutputError, match="1 part.*part-000001.parquet.*shares"):
         _check_visible(resolve(tmp_path), parts)
     _check_visible(resolve(tmp_path), parts[:1])
+
+
+def test_stored_weights_are_built_once_per_process(ray_session):
+    """Ray tasks get StoredWeights (a reference, not the bytes) and build the model once per
+    worker process; plain bytes build a fresh model each time; new weights replace the old."""
+    from convplat.training.checkpoints import state_dict_bytes
+    from convplat.training.models import create_model
+    from convplat.transfer.checkpoint import build_model
+    from convplat.transfer.extract import StoredWeights, build_once
+
+    weights = state_dict_bytes(create_model("alexnet", num_classes=4))
+    stored = StoredWeights(weights)
+    first = build_once("alexnet", 4, stored)
+    assert build_once("alexnet", 4, stored) is first
+    assert build_once("alexnet", 4, weights) is not first
+    assert build_once("alexnet", 4, StoredWeights(weights)) is not first
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(first(x), build_model("alexnet", 4, weights)(x))

@@ -18,6 +18,7 @@ import torch
 from convplat.errors import ImageDecodeError
 from convplat.pipeline.image import process_image
 from convplat.training.augment import BatchTransform, center_window
+from convplat.training.models import ConvNet
 from convplat.transfer.checkpoint import build_model
 from convplat.transfer.extractor import FeatureExtractor
 
@@ -98,6 +99,42 @@ def extract_features(
     return out
 
 
+class StoredWeights:
+    """Weights put in Ray's object store once for many tasks.
+
+    A worker process fetches and builds them into a model on its first task and reuses that
+    model for every later one (:func:`build_once`): building AlexNet from its 233 MB of
+    weights took 0.7–1.2 s here, a sixth of a 500-image shard task's time. The reference sits
+    in a list so that Ray hands tasks the reference, not the bytes.
+    """
+
+    def __init__(self, weights: bytes) -> None:
+        import ray
+
+        self.refs = [ray.put(weights)]
+
+    @property
+    def key(self) -> str:
+        return self.refs[0].hex()
+
+
+_BUILT: dict[tuple[str, str, int], ConvNet] = {}  # this process's last model from StoredWeights
+
+
+def build_once(model_name: str, num_classes: int, weights: bytes | StoredWeights) -> ConvNet:
+    """The model of ``weights``; built once per process for :class:`StoredWeights` (the
+    extraction never changes it), every time for plain bytes."""
+    if not isinstance(weights, StoredWeights):
+        return build_model(model_name, num_classes, weights)
+    key = (weights.key, model_name, num_classes)
+    if key not in _BUILT:
+        import ray
+
+        _BUILT.clear()  # one model per process: a later run's weights replace it
+        _BUILT[key] = build_model(model_name, num_classes, ray.get(weights.refs[0]))
+    return _BUILT[key]
+
+
 def default_device(device: str | None = None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -107,7 +144,7 @@ def extract_chunk(
     *,
     model_name: str,
     num_classes: int,
-    weights: bytes,
+    weights: bytes | StoredWeights,
     mean: np.ndarray,
     input_scale: float,
     cuts: Sequence[str],
@@ -152,7 +189,7 @@ def extract_jpegs(
     *,
     model_name: str,
     num_classes: int,
-    weights: bytes,
+    weights: bytes | StoredWeights,
     mean: np.ndarray,
     input_scale: float,
     cuts: Sequence[str],
@@ -167,7 +204,7 @@ def extract_jpegs(
     built once from ``weights``: the shared body of transfer's and ``convplat features``'s
     Ray tasks and in-process runs."""
     target = default_device(device)
-    model = build_model(model_name, num_classes, weights)
+    model = build_once(model_name, num_classes, weights)
     extractor = FeatureExtractor(model, cuts, pool, last_conv_alias).to(target)
     transform = make_transform(mean, input_scale).to(target)
     return extract_features(

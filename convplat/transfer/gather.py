@@ -26,7 +26,13 @@ from convplat.transfer.cache import (
     save_cache,
 )
 from convplat.transfer.checkpoint import Checkpoint
-from convplat.transfer.extract import DEFAULT_QUALITY, decode_files, extract_chunk, extract_jpegs
+from convplat.transfer.extract import (
+    DEFAULT_QUALITY,
+    StoredWeights,
+    decode_files,
+    extract_chunk,
+    extract_jpegs,
+)
 
 
 @dataclass
@@ -198,9 +204,9 @@ def _run_ray(paths: list[str], spec: dict, weights: bytes, address: str | None, 
     if gpus:
         chunk = max(256, math.ceil(len(paths) / (4 * gpus)))
     else:
-        # About two chunks per CPU: a model load (~1 s) per few hundred images.
+        # About two chunks per CPU (each worker process builds the model once: StoredWeights).
         chunk = max(64, math.ceil(len(paths) / (2 * cpus)))
-    weights_ref = ray.put(weights)
+    weights_ref = StoredWeights(weights)  # each worker process builds the model once
     args = {**spec, "mean": ray.put(spec["mean"])}
     if not gpus:
         args["device"] = "cpu"
