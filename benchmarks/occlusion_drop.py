@@ -9,9 +9,9 @@ probability; the drop from the unoccluded probability is averaged over the posit
 square's centre lies in the object's box ("covers") and over those where the square touches no
 box ("does not cover"), per image and then over images. The baseline is the second figure; the
 ratio covers / does-not-cover should be >= 3 (ZFNet: "the probability of the correct class
-drops significantly when the object is occluded"). A network that classifies by something else
-than the object (a colour anywhere in the image, the background) has a ratio near 1 or an
-undefined one (both drops ~0).
+drops significantly when the object is occluded"). A network that used the background would
+lose probability where the square misses the box, too. When that baseline is at or below zero
+the ratio is unbounded and printed as inf. ``--per-image`` lists every image's figures.
 """
 
 from __future__ import annotations
