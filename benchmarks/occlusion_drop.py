@@ -9,9 +9,9 @@ probability; the drop from the unoccluded probability is averaged over the posit
 square's centre lies in the object's box ("covers") and over those where the square touches no
 box ("does not cover"), per image and then over images. The baseline is the second figure; the
 ratio covers / does-not-cover should be >= 3 (ZFNet: "the probability of the correct class
-drops significantly when the object is occluded"). A network that classifies by something else
-than the object (a colour anywhere in the image, the background) has a ratio near 1 or an
-undefined one (both drops ~0).
+drops significantly when the object is occluded"). A network that used the background would
+lose probability where the square misses the box, too. When that baseline is at or below zero
+the ratio is unbounded and printed as inf. ``--per-image`` lists every image's figures.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=16, help="step between squares (16)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many images (0: all)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--per-image", action="store_true", help="also print each image's key and numbers"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -88,6 +91,12 @@ def main() -> None:
             clean = float(prob[label])
             inside, outside = box_drops(maps, clean, shifted)
             if len(inside) and len(outside):
+                if args.per_image:
+                    print(
+                        f"{key} label {label} p {clean:.4f} predicted {int(prob.argmax())} "
+                        f"drop covers {inside.mean():+.4f} (max {inside.max():+.4f}) "
+                        f"not {outside.mean():+.4f}"
+                    )
                 inside_means.append(inside.mean())
                 outside_means.append(outside.mean())
                 clean_probs.append(clean)

@@ -21,6 +21,7 @@ from convplat.demo import (
     imagenet_class_specs,
     make_demo_data,
 )
+from convplat.demo.drawing import IMAGENET_COLOURS
 from convplat.errors import ConfigError
 
 SMALL = dict(
@@ -74,12 +75,37 @@ def test_class_specs_are_distinct_and_sorted():
     wnids = [s.wnid for s in specs]
     assert all(re.fullmatch(r"n0\d{7}", w) for w in wnids)
     assert wnids == sorted(wnids) and len(set(wnids)) == len(wnids)
-    assert len({(s.shape, s.colour) for s in specs}) == MAX_CLASSES
-    ten = imagenet_class_specs(10)  # the default set differs in shape AND colour
-    assert len({s.shape for s in ten}) == len({s.colour for s in ten}) == 10
+    assert len({(s.shape, s.texture) for s in specs}) == MAX_CLASSES
+    ten = imagenet_class_specs(10)  # the default set differs in shape AND texture, not colour
+    assert len({s.shape for s in ten}) == len({s.texture for s in ten}) == 10
+    assert {s.colour for s in specs} == {None}  # any colour, drawn per object
     cal = caltech_class_specs(6)
     assert not {s.shape for s in cal} & {s.shape for s in specs}
-    assert not {s.colour for s in cal} & {s.colour for s in specs}
+    assert not {s.colour for s in cal} & set(IMAGENET_COLOURS.values())
+
+
+def test_imagenet_classes_share_colours_and_carry_distractors():
+    """The class is in the labelled object alone: every class takes its colour from one
+    palette, and unboxed distractors of the other classes' shapes sit beside it."""
+    specs = imagenet_class_specs(10)
+    colours = {}
+    for k in (0, 1):
+        means = []
+        for s in range(30):
+            img, (box,) = draw_sample(
+                np.random.default_rng([k, s]), specs, k, 320, 240, clutter=False, distractors=3
+            )
+            pixels = np.asarray(img, np.int16)
+            inside = pixels[box.ymin - 1 : box.ymax, box.xmin - 1 : box.xmax].reshape(-1, 3)
+            means.append(inside[(inside != 128).any(axis=1)].mean(axis=0))
+            outside = (pixels != 128).any(axis=2)
+            outside[box.ymin - 1 : box.ymax, box.xmin - 1 : box.xmax] = False
+            assert outside.any()  # at least one distractor, outside the box
+        colours[k] = np.asarray(means)
+    for k in (0, 1):  # many colours per class (a fixed colour would have a spread near 0) ...
+        assert colours[k].std(axis=0).max() > 40
+    # ... and the same palette for both: their mean object colours are close.
+    assert np.abs(colours[0].mean(axis=0) - colours[1].mean(axis=0)).max() < 60
 
 
 def test_folder_layout_tree(folder_set):
@@ -106,7 +132,7 @@ def test_folder_layout_tree(folder_set):
         assert len(boxes) == 1 and boxes[0][0] == wnid
         _, x0, y0, x1, y1 = boxes[0]
         assert 1 <= x0 < x1 <= w and 1 <= y0 < y1 <= h
-        # Object diameter is 30-70% of the shorter side; the tight box is at most that.
+        # Object diameter is 35-70% of the shorter side; the tight box is at most that.
         assert 0.15 * min(w, h) <= max(x1 - x0, y1 - y0) + 1 <= 0.7 * min(w, h) + 2
     sizes = {Image.open(p).size for p in train}
     assert any(w > h for w, h in sizes) and any(w < h for w, h in sizes)

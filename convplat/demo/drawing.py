@@ -1,8 +1,12 @@
 """The synthetic classes and how one image of them is drawn, for ``convplat demo-data``.
 
-Each class is one shape x colour (ImageNet-like, Caltech-like and the 20 VOC names); an image
-shows procedurally drawn objects on a cluttered background, with tight boxes. Every function
-takes its random generator, so the same seed draws the same pixels.
+An ImageNet-like class is a shape with a surface texture of its own (stripes, checks, dots);
+its colour is drawn per object from one palette shared by every class, on backgrounds whose
+statistics do not depend on the class, beside smaller unboxed distractors of the other
+classes. So only the labelled (largest) object tells the class, and covering it changes the
+answer, as ZFNet's occlusion study (§4.2) needs. Caltech-like and VOC classes are one
+shape x colour each. Every function takes its random generator, so the same seed draws the
+same pixels.
 """
 
 from __future__ import annotations
@@ -97,8 +101,10 @@ def _fit_unit_disc(outer: list[Polygon], holes: list[Polygon]) -> tuple[list, li
 
 
 SHAPES = {name: _fit_unit_disc(*parts) for name, parts in SHAPES.items()}
-IMAGENET_SHAPES = ("disc", "triangle", "square", "star", "cross", "ring", "diamond", "hexagon",
-                   "crescent", "arrow", "heart", "frame")  # fmt: skip
+# The ten default classes first, the ones that are told apart most easily (diamond and hexagon,
+# close to a square and a disc at low resolution, come last).
+IMAGENET_SHAPES = ("disc", "triangle", "square", "star", "cross", "ring", "crescent", "arrow",
+                   "heart", "frame", "diamond", "hexagon")  # fmt: skip
 CALTECH_SHAPES = ("pentagon", "hourglass", "tee", "ell", "chevron", "ellipse", "trapezoid",
                   "semicircle")  # fmt: skip
 
@@ -114,20 +120,27 @@ CALTECH_COLOURS = {
     "silver": (175, 175, 190), "gold": (215, 175, 50),
 }  # fmt: skip
 
-MAX_CLASSES = len(IMAGENET_SHAPES) * len(IMAGENET_COLOURS)
+# Surface textures in image axes (a horizontal flip, the training augmentation, keeps each one).
+# Solid comes last, so the ten default classes all carry a texture.
+TEXTURES = ("hstripes", "vstripes", "checks", "wide-hstripes", "wide-vstripes", "dots",
+            "wide-checks", "grid", "crosshatch", "fine-dots", "wide-grid", "solid")  # fmt: skip
+# Shape x texture pairs allow 144; 120 (as before) keeps the fake wnids at 'n0' + 7 digits.
+MAX_CLASSES = min(120, len(IMAGENET_SHAPES) * len(TEXTURES))
 MAX_CALTECH_CLASSES = len(CALTECH_SHAPES) * len(CALTECH_COLOURS)
 
 
 @dataclass(frozen=True)
 class ClassSpec:
-    """One synthetic class: ``wnid`` is the folder name (a fake WordNet id for ImageNet)."""
+    """One synthetic class: ``wnid`` is the folder name (a fake WordNet id for ImageNet);
+    ``colour`` None draws each object's colour from :data:`IMAGENET_COLOURS` (any class)."""
 
     index: int
     wnid: str
     name: str
     shape: str
-    colour: tuple[int, int, int]
+    colour: tuple[int, int, int] | None
     striped: bool = False
+    texture: str = "solid"
 
 
 @dataclass(frozen=True)
@@ -148,13 +161,13 @@ def _pairs(n: int, n_shapes: int, n_colours: int) -> list[tuple[int, int]]:
 
 
 def imagenet_class_specs(n: int) -> list[ClassSpec]:
-    """The first ``n`` ImageNet-like classes; sorted wnid order = class order."""
-    names = list(IMAGENET_COLOURS)
+    """The first ``n`` ImageNet-like classes: a shape and a texture each (the first twelve
+    differ in both), in any colour; sorted wnid order = class order."""
     out = []
-    for k, (s, c) in enumerate(_pairs(n, len(IMAGENET_SHAPES), len(names))):
+    for k, (s, t) in enumerate(_pairs(n, len(IMAGENET_SHAPES), len(TEXTURES))):
         wnid = f"n0{1_440_764 + 61_007 * k:07d}"  # fake but well-formed: 'n' + 8 digits
-        shape = IMAGENET_SHAPES[s]
-        out.append(ClassSpec(k, wnid, f"{names[c]} {shape}", shape, IMAGENET_COLOURS[names[c]]))
+        shape, texture = IMAGENET_SHAPES[s], TEXTURES[t]
+        out.append(ClassSpec(k, wnid, f"{texture} {shape}", shape, None, texture=texture))
     return out
 
 
@@ -278,11 +291,39 @@ def _object_mask(
     return mask
 
 
+def _texture(name: str, xs: np.ndarray, ys: np.ndarray, unit: float) -> np.ndarray:
+    """A 0/1 pattern over pixel offsets ``xs`` (1, w) and ``ys`` (h, 1) (see :data:`TEXTURES`).
+
+    Periods are 11, 16 or 26 pixels of the 256 frame ``prepare`` makes (``unit`` image pixels
+    each): finer ones would alias at AlexNet's stride-4 first layer (8 px Nyquist period).
+    """
+    kind = name.removeprefix("wide-").removeprefix("fine-")
+    period = unit * (26 if name.startswith("wide-") else 11 if name.startswith("fine-") else 16)
+    xi, yi = np.floor_divide(xs, period / 2) % 2, np.floor_divide(ys, period / 2) % 2
+    if kind == "hstripes":
+        return np.broadcast_to(yi, (ys.size, xs.size))
+    if kind == "vstripes":
+        return np.broadcast_to(xi, (ys.size, xs.size))
+    if kind == "checks":
+        return (xi + yi) % 2
+    if kind == "grid":  # thin lines, a fifth of the period
+        return ((xs % period < period / 5) | (ys % period < period / 5)).astype(np.float32)
+    if kind == "crosshatch":  # both diagonals
+        return (((xs + ys) % period < period / 4) | ((xs - ys) % period < period / 4)).astype(
+            np.float32
+        )
+    if kind == "dots":
+        dx, dy = xs % period - period / 2, ys % period - period / 2
+        return (dx * dx + dy * dy < (period / 4) ** 2).astype(np.float32)
+    return np.zeros((ys.size, xs.size), np.float32)  # solid
+
+
 def _paint(canvas: np.ndarray, mask: np.ndarray, x0: int, y0: int, spec: ClassSpec,
-           rng: np.random.Generator) -> None:  # fmt: skip
-    """Fill ``mask`` (placed at x0, y0) with the class colour, jittered, shaded, maybe striped."""
+           base: tuple[int, int, int], rng: np.random.Generator) -> None:  # fmt: skip
+    """Fill ``mask`` (placed at x0, y0) with ``base`` colour, jittered, shaded, maybe striped
+    or textured (at the scale of ``canvas``'s shorter side)."""
     h, w = mask.shape
-    colour = np.clip(np.asarray(spec.colour, np.float32) + rng.uniform(-25, 25, 3), 0, 255)
+    colour = np.clip(np.asarray(base, np.float32) + rng.uniform(-25, 25, 3), 0, 255)
     xs = np.arange(w, dtype=np.float32) - w / 2
     ys = np.arange(h, dtype=np.float32)[:, None] - h / 2
     theta = rng.uniform(0, 2 * math.pi)
@@ -292,13 +333,40 @@ def _paint(canvas: np.ndarray, mask: np.ndarray, x0: int, y0: int, spec: ClassSp
         half = rng.uniform(3, 7)  # half the stripe period, px
         phi = rng.uniform(0, 2 * math.pi)
         shade = shade * (1 - 0.45 * ((xs * math.cos(phi) + ys * math.sin(phi)) // half % 2))
-    fill = np.minimum(colour * shade[..., None], 255).astype(np.uint8)  # (h, w, 3)
+    fill = np.minimum(colour * shade[..., None], 255)  # (h, w, 3)
+    if spec.texture != "solid":
+        # 60% of the way to white on dark colours, to black on light ones: visible on any colour.
+        ink = 255.0 if colour.mean() < 128 else 0.0
+        unit = min(canvas.shape[:2]) / 256
+        offset = rng.uniform(0, 26 * unit, 2)  # the pattern's phase, px
+        pattern = _texture(spec.texture, xs + offset[0], ys + offset[1], unit)[..., None]
+        fill = fill * (1 - 0.6 * pattern) + ink * 0.6 * pattern
     region = canvas[y0 : y0 + h, x0 : x0 + w]
-    region[mask] = fill[mask]
+    region[mask] = fill.astype(np.uint8)[mask]
 
 
 def _overlaps(b: tuple[int, int, int, int], others: list[tuple[int, int, int, int]]) -> bool:
     return any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in others)
+
+
+def _place(
+    rng: np.random.Generator,
+    shape: str,
+    size: tuple[int, int],
+    radius: float,
+    taken: list[tuple[int, int, int, int]],
+) -> Image.Image | None:
+    """The mask of ``shape`` at a random spot where its box overlaps none of ``taken`` (None
+    when 20 tries find no free spot)."""
+    width, height = size
+    for _ in range(20):
+        cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
+        angle, stretch = rng.uniform(0, 2 * math.pi), rng.uniform(0.85, 1.15)
+        mask = _object_mask(shape, size, cx, cy, radius, angle, stretch)
+        bbox = mask.getbbox()
+        if bbox is not None and not _overlaps(bbox, taken):
+            return mask
+    return None
 
 
 def draw_sample(
@@ -311,6 +379,7 @@ def draw_sample(
     objects: int = 1,
     scale: tuple[float, float] = (0.3, 0.7),
     clutter: bool = True,
+    distractors: int = 0,
 ) -> tuple[Image.Image, list[LabelledBox]]:
     """Draw one RGB image whose first (largest) object is of class ``class_index``.
 
@@ -320,9 +389,15 @@ def draw_sample(
             free spot after a few tries is left out).
         scale: range of the first object's diameter as a fraction of the shorter side.
         clutter: False paints the objects on a plain grey background (for tests).
+        distractors: also draw 1..distractors unboxed objects of the other classes (their
+            shapes and textures), 12-25% of the shorter side (smaller than the first object,
+            overlapping no box): the class is then told only by the labelled, largest object,
+            and covering it lets the others win (ImageNet's boxes, too, mark only the
+            labelled class).
 
     Returns:
-        The image and one box per drawn object, the first one of ``class_index``.
+        The image and one box per drawn object (distractors have none), the first one of
+        ``class_index``.
     """
     short = min(width, height)
     count = 1 if objects <= 1 else int(rng.integers(1, objects + 1))
@@ -333,30 +408,35 @@ def draw_sample(
     diam = [rng.uniform(lo, hi) * short]
     diam += [d * short for d in rng.uniform(0.15, 0.3, count - 1) if d * short < diam[0]]
     specs = [classes[i] for i in labels]
-    img = draw_background(rng, width, height, avoid=[s.colour for s in specs], clutter=clutter)
+    others = [c for c in classes if c.shape != classes[class_index].shape]
+    extra: list[tuple[ClassSpec, float]] = []
+    if distractors > 0 and others:
+        n = int(rng.integers(1, distractors + 1))
+        picks = rng.integers(0, len(others), n)
+        sizes = rng.uniform(0.12, 0.25, n) * short
+        extra = [(others[int(i)], float(d)) for i, d in zip(picks, sizes, strict=True)]
+    palette = list(IMAGENET_COLOURS.values())
+    every = specs + [spec for spec, _ in extra]
+    # Classes without a colour of their own take any palette colour, drawn per object.
+    colours = [s.colour or palette[int(rng.integers(len(palette)))] for s in every]
+    img = draw_background(rng, width, height, avoid=colours, clutter=clutter)
     canvas = np.array(img)
     boxes: list[LabelledBox] = []
     taken: list[tuple[int, int, int, int]] = []
-    for spec, d in zip(specs, diam, strict=False):
-        r = d / 2
-        for _ in range(20):
-            cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
-            mask_img = _object_mask(
-                spec.shape,
-                (width, height),
-                cx,
-                cy,
-                r,
-                rng.uniform(0, 2 * math.pi),
-                rng.uniform(0.85, 1.15),
-            )
-            bbox = mask_img.getbbox()
-            if bbox is not None and not _overlaps(bbox, taken):
-                break
-        else:
+    for spec, d, colour in zip(specs, diam, colours, strict=False):
+        mask_img = _place(rng, spec.shape, (width, height), d / 2, taken)
+        if mask_img is None:
             continue
+        bbox = mask_img.getbbox()
         taken.append(bbox)
-        _paint(canvas, np.asarray(mask_img.crop(bbox)) > 0, bbox[0], bbox[1], spec, rng)
+        _paint(canvas, np.asarray(mask_img.crop(bbox)) > 0, bbox[0], bbox[1], spec, colour, rng)
         x0, y0, x1, y1 = bbox  # PIL: half-open, 0-based -> ImageNet: inclusive, 1-based
         boxes.append(LabelledBox(spec.index, x0 + 1, y0 + 1, x1, y1))
+    for (spec, d), colour in zip(extra, colours[len(specs) :], strict=True):
+        mask_img = _place(rng, spec.shape, (width, height), d / 2, taken)
+        if mask_img is not None:
+            bbox = mask_img.getbbox()
+            taken.append(bbox)
+            mask = np.asarray(mask_img.crop(bbox)) > 0
+            _paint(canvas, mask, bbox[0], bbox[1], spec, colour, rng)
     return Image.fromarray(canvas, "RGB"), boxes
