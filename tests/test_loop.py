@@ -135,6 +135,7 @@ def test_label_smoothing_reaches_the_loss_and_is_validated(tmp_path):
     assert first_loss() == pytest.approx(plain, rel=1e-5) and plain != pytest.approx(expected)
     assert TrainConfig().label_smoothing == 0.0  # the papers' recipes: plain cross-entropy
     assert resolve_train_config("alexnet").label_smoothing == 0.0
+    assert resolve_train_config("alexnet", "demo").label_smoothing == 0.1  # the demo preset
     for bad in (-0.1, 1.0):
         with pytest.raises(ConfigError, match="label_smoothing: expected 0 <= value < 1"):
             TrainConfig(label_smoothing=bad)
