@@ -1,6 +1,7 @@
 """Does the network look at the object? ZFNet §4.2's occlusion finding, measured on a run.
 
     python benchmarks/occlusion_drop.py runs/alexnet-<stamp>            # the run's val shards
+    python benchmarks/occlusion_drop.py runs/alexnet-<stamp> --size 64  # the demo's square
     python benchmarks/occlusion_drop.py torchvision:alexnet --data SHARDS --limit 100
 
 For every validation image with a box, convplat's grey-square occlusion
@@ -17,7 +18,10 @@ class drops significantly when the object is occluded". Three figures must hold 
 - paired, per image: in >= 50 % of the images the largest covering drop exceeds the largest
   off-box drop by >= 0.1 (``--margin``), so a few images with large drops cannot carry the mean.
 
-``--per-image`` lists every image's figures.
+``--per-image`` lists every image's figures. The square's side matters: the demo's objects are
+77-180 px of the 256 frame, and a 32 px square (the default, the issue's) hides too little of
+one to cost its colour-coded class much; ``--size 64`` is the demo's picture size
+(benchmarks/RESULTS.md, "Occlusion drop on the demo").
 """
 
 from __future__ import annotations
