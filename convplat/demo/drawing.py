@@ -125,7 +125,7 @@ CALTECH_COLOURS = {
 TEXTURES = ("hstripes", "vstripes", "checks", "wide-hstripes", "wide-vstripes", "dots",
             "wide-checks", "grid", "crosshatch", "fine-dots", "wide-grid", "solid")  # fmt: skip
 # Shape x texture pairs allow 144; 120 (as before) keeps the fake wnids at 'n0' + 7 digits.
-MAX_CLASSES = min(120, len(IMAGENET_SHAPES) * len(TEXTURES))
+MAX_CLASSES = len(IMAGENET_SHAPES) * len(IMAGENET_COLOURS)
 MAX_CALTECH_CLASSES = len(CALTECH_SHAPES) * len(CALTECH_COLOURS)
 
 
@@ -161,13 +161,14 @@ def _pairs(n: int, n_shapes: int, n_colours: int) -> list[tuple[int, int]]:
 
 
 def imagenet_class_specs(n: int) -> list[ClassSpec]:
-    """The first ``n`` ImageNet-like classes: a shape and a texture each (the first twelve
-    differ in both), in any colour; sorted wnid order = class order."""
+    """The first ``n`` ImageNet-like classes: a shape in a colour of its own each (the first ten
+    differ in both); sorted wnid order = class order."""
+    names = list(IMAGENET_COLOURS)
     out = []
-    for k, (s, t) in enumerate(_pairs(n, len(IMAGENET_SHAPES), len(TEXTURES))):
+    for k, (s, c) in enumerate(_pairs(n, len(IMAGENET_SHAPES), len(names))):
         wnid = f"n0{1_440_764 + 61_007 * k:07d}"  # fake but well-formed: 'n' + 8 digits
-        shape, texture = IMAGENET_SHAPES[s], TEXTURES[t]
-        out.append(ClassSpec(k, wnid, f"{texture} {shape}", shape, None, texture=texture))
+        shape = IMAGENET_SHAPES[s]
+        out.append(ClassSpec(k, wnid, f"{names[c]} {shape}", shape, IMAGENET_COLOURS[names[c]]))
     return out
 
 
@@ -408,7 +409,9 @@ def draw_sample(
     diam = [rng.uniform(lo, hi) * short]
     diam += [d * short for d in rng.uniform(0.15, 0.3, count - 1) if d * short < diam[0]]
     specs = [classes[i] for i in labels]
-    others = [c for c in classes if c.shape != classes[class_index].shape]
+    main = classes[class_index]
+    others = [c for c in classes
+              if c.shape != main.shape and (main.colour is None or c.colour != main.colour)]
     extra: list[tuple[ClassSpec, float]] = []
     if distractors > 0 and others:
         n = int(rng.integers(1, distractors + 1))
@@ -419,7 +422,10 @@ def draw_sample(
     every = specs + [spec for spec, _ in extra]
     # Classes without a colour of their own take any palette colour, drawn per object.
     colours = [s.colour or palette[int(rng.integers(len(palette)))] for s in every]
-    img = draw_background(rng, width, height, avoid=colours, clutter=clutter)
+    # The background avoids every class's colour, not this image's: its statistics are the
+    # same whatever the class.
+    avoid = list(dict.fromkeys([tuple(c.colour) for c in classes if c.colour] + colours))
+    img = draw_background(rng, width, height, avoid=avoid, clutter=clutter)
     canvas = np.array(img)
     boxes: list[LabelledBox] = []
     taken: list[tuple[int, int, int, int]] = []
