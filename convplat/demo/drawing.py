@@ -1,12 +1,12 @@
 """The synthetic classes and how one image of them is drawn, for ``convplat demo-data``.
 
-An ImageNet-like class is a shape with a surface texture of its own (stripes, checks, dots);
-its colour is drawn per object from one palette shared by every class, on backgrounds whose
-statistics do not depend on the class, beside smaller unboxed distractors of the other
-classes. So only the labelled (largest) object tells the class, and covering it changes the
-answer, as ZFNet's occlusion study (§4.2) needs. Caltech-like and VOC classes are one
-shape x colour each. Every function takes its random generator, so the same seed draws the
-same pixels.
+Each class is one shape x colour (ImageNet-like, Caltech-like and the 20 VOC names); an image
+shows procedurally drawn objects on a cluttered background, with tight boxes. ImageNet-like
+images also hold smaller, unboxed distractors of other classes, and every background avoids
+all the classes' colours alike: the class is then told by the labelled (largest) object only,
+not by which colours the image holds, and covering that object lets the others win, as ZFNet's
+occlusion study (§4.2) needs. Every function takes its random generator, so the same seed draws
+the same pixels.
 """
 
 from __future__ import annotations
@@ -120,27 +120,20 @@ CALTECH_COLOURS = {
     "silver": (175, 175, 190), "gold": (215, 175, 50),
 }  # fmt: skip
 
-# Surface textures in image axes (a horizontal flip, the training augmentation, keeps each one).
-# Solid comes last, so the ten default classes all carry a texture.
-TEXTURES = ("hstripes", "vstripes", "checks", "wide-hstripes", "wide-vstripes", "dots",
-            "wide-checks", "grid", "crosshatch", "fine-dots", "wide-grid", "solid")  # fmt: skip
-# Shape x texture pairs allow 144; 120 (as before) keeps the fake wnids at 'n0' + 7 digits.
 MAX_CLASSES = len(IMAGENET_SHAPES) * len(IMAGENET_COLOURS)
 MAX_CALTECH_CLASSES = len(CALTECH_SHAPES) * len(CALTECH_COLOURS)
 
 
 @dataclass(frozen=True)
 class ClassSpec:
-    """One synthetic class: ``wnid`` is the folder name (a fake WordNet id for ImageNet);
-    ``colour`` None draws each object's colour from :data:`IMAGENET_COLOURS` (any class)."""
+    """One synthetic class: ``wnid`` is the folder name (a fake WordNet id for ImageNet)."""
 
     index: int
     wnid: str
     name: str
     shape: str
-    colour: tuple[int, int, int] | None
+    colour: tuple[int, int, int]
     striped: bool = False
-    texture: str = "solid"
 
 
 @dataclass(frozen=True)
@@ -292,39 +285,11 @@ def _object_mask(
     return mask
 
 
-def _texture(name: str, xs: np.ndarray, ys: np.ndarray, unit: float) -> np.ndarray:
-    """A 0/1 pattern over pixel offsets ``xs`` (1, w) and ``ys`` (h, 1) (see :data:`TEXTURES`).
-
-    Periods are 11, 16 or 26 pixels of the 256 frame ``prepare`` makes (``unit`` image pixels
-    each): finer ones would alias at AlexNet's stride-4 first layer (8 px Nyquist period).
-    """
-    kind = name.removeprefix("wide-").removeprefix("fine-")
-    period = unit * (26 if name.startswith("wide-") else 11 if name.startswith("fine-") else 16)
-    xi, yi = np.floor_divide(xs, period / 2) % 2, np.floor_divide(ys, period / 2) % 2
-    if kind == "hstripes":
-        return np.broadcast_to(yi, (ys.size, xs.size))
-    if kind == "vstripes":
-        return np.broadcast_to(xi, (ys.size, xs.size))
-    if kind == "checks":
-        return (xi + yi) % 2
-    if kind == "grid":  # thin lines, a fifth of the period
-        return ((xs % period < period / 5) | (ys % period < period / 5)).astype(np.float32)
-    if kind == "crosshatch":  # both diagonals
-        return (((xs + ys) % period < period / 4) | ((xs - ys) % period < period / 4)).astype(
-            np.float32
-        )
-    if kind == "dots":
-        dx, dy = xs % period - period / 2, ys % period - period / 2
-        return (dx * dx + dy * dy < (period / 4) ** 2).astype(np.float32)
-    return np.zeros((ys.size, xs.size), np.float32)  # solid
-
-
 def _paint(canvas: np.ndarray, mask: np.ndarray, x0: int, y0: int, spec: ClassSpec,
-           base: tuple[int, int, int], rng: np.random.Generator) -> None:  # fmt: skip
-    """Fill ``mask`` (placed at x0, y0) with ``base`` colour, jittered, shaded, maybe striped
-    or textured (at the scale of ``canvas``'s shorter side)."""
+           rng: np.random.Generator) -> None:  # fmt: skip
+    """Fill ``mask`` (placed at x0, y0) with the class colour, jittered, shaded, maybe striped."""
     h, w = mask.shape
-    colour = np.clip(np.asarray(base, np.float32) + rng.uniform(-25, 25, 3), 0, 255)
+    colour = np.clip(np.asarray(spec.colour, np.float32) + rng.uniform(-25, 25, 3), 0, 255)
     xs = np.arange(w, dtype=np.float32) - w / 2
     ys = np.arange(h, dtype=np.float32)[:, None] - h / 2
     theta = rng.uniform(0, 2 * math.pi)
@@ -334,16 +299,9 @@ def _paint(canvas: np.ndarray, mask: np.ndarray, x0: int, y0: int, spec: ClassSp
         half = rng.uniform(3, 7)  # half the stripe period, px
         phi = rng.uniform(0, 2 * math.pi)
         shade = shade * (1 - 0.45 * ((xs * math.cos(phi) + ys * math.sin(phi)) // half % 2))
-    fill = np.minimum(colour * shade[..., None], 255)  # (h, w, 3)
-    if spec.texture != "solid":
-        # 60% of the way to white on dark colours, to black on light ones: visible on any colour.
-        ink = 255.0 if colour.mean() < 128 else 0.0
-        unit = min(canvas.shape[:2]) / 256
-        offset = rng.uniform(0, 26 * unit, 2)  # the pattern's phase, px
-        pattern = _texture(spec.texture, xs + offset[0], ys + offset[1], unit)[..., None]
-        fill = fill * (1 - 0.6 * pattern) + ink * 0.6 * pattern
+    fill = np.minimum(colour * shade[..., None], 255).astype(np.uint8)  # (h, w, 3)
     region = canvas[y0 : y0 + h, x0 : x0 + w]
-    region[mask] = fill.astype(np.uint8)[mask]
+    region[mask] = fill[mask]
 
 
 def _overlaps(b: tuple[int, int, int, int], others: list[tuple[int, int, int, int]]) -> bool:
@@ -391,7 +349,7 @@ def draw_sample(
         scale: range of the first object's diameter as a fraction of the shorter side.
         clutter: False paints the objects on a plain grey background (for tests).
         distractors: also draw 1..distractors unboxed objects of the other classes (their
-            shapes and textures), 12-25% of the shorter side (smaller than the first object,
+            shapes and colours), 12-25% of the shorter side (smaller than the first object,
             overlapping no box): the class is then told only by the labelled, largest object,
             and covering it lets the others win (ImageNet's boxes, too, mark only the
             labelled class).
@@ -410,39 +368,35 @@ def draw_sample(
     diam += [d * short for d in rng.uniform(0.15, 0.3, count - 1) if d * short < diam[0]]
     specs = [classes[i] for i in labels]
     main = classes[class_index]
-    others = [c for c in classes
-              if c.shape != main.shape and (main.colour is None or c.colour != main.colour)]
+    others = [c for c in classes if c.shape != main.shape and c.colour != main.colour]
     extra: list[tuple[ClassSpec, float]] = []
     if distractors > 0 and others:
         n = int(rng.integers(1, distractors + 1))
         picks = rng.integers(0, len(others), n)
         sizes = rng.uniform(0.12, 0.25, n) * short
         extra = [(others[int(i)], float(d)) for i, d in zip(picks, sizes, strict=True)]
-    palette = list(IMAGENET_COLOURS.values())
-    every = specs + [spec for spec, _ in extra]
-    # Classes without a colour of their own take any palette colour, drawn per object.
-    colours = [s.colour or palette[int(rng.integers(len(palette)))] for s in every]
+    colours = [s.colour for s in specs + [spec for spec, _ in extra]]
     # The background avoids every class's colour, not this image's: its statistics are the
     # same whatever the class.
-    avoid = list(dict.fromkeys([tuple(c.colour) for c in classes if c.colour] + colours))
+    avoid = list(dict.fromkeys([c.colour for c in classes] + colours))
     img = draw_background(rng, width, height, avoid=avoid, clutter=clutter)
     canvas = np.array(img)
     boxes: list[LabelledBox] = []
     taken: list[tuple[int, int, int, int]] = []
-    for spec, d, colour in zip(specs, diam, colours, strict=False):
+    for spec, d in zip(specs, diam, strict=False):
         mask_img = _place(rng, spec.shape, (width, height), d / 2, taken)
         if mask_img is None:
             continue
         bbox = mask_img.getbbox()
         taken.append(bbox)
-        _paint(canvas, np.asarray(mask_img.crop(bbox)) > 0, bbox[0], bbox[1], spec, colour, rng)
+        _paint(canvas, np.asarray(mask_img.crop(bbox)) > 0, bbox[0], bbox[1], spec, rng)
         x0, y0, x1, y1 = bbox  # PIL: half-open, 0-based -> ImageNet: inclusive, 1-based
         boxes.append(LabelledBox(spec.index, x0 + 1, y0 + 1, x1, y1))
-    for (spec, d), colour in zip(extra, colours[len(specs) :], strict=True):
+    for spec, d in extra:
         mask_img = _place(rng, spec.shape, (width, height), d / 2, taken)
         if mask_img is not None:
             bbox = mask_img.getbbox()
             taken.append(bbox)
             mask = np.asarray(mask_img.crop(bbox)) > 0
-            _paint(canvas, mask, bbox[0], bbox[1], spec, colour, rng)
+            _paint(canvas, mask, bbox[0], bbox[1], spec, rng)
     return Image.fromarray(canvas, "RGB"), boxes
