@@ -308,6 +308,7 @@ def test_rerun_replaces_own_output_but_refuses_foreign_dirs(tmp_path):
         {"classes": "10"},
         {"layout": "coco"},
         {"objects_per_image": 0},
+        {"distractors": -1},
         {"train_per_class": 0},
         {"val_per_class": -1},
         {"caltech_classes": 1},
