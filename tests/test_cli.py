@@ -47,6 +47,7 @@ def test_every_command_has_help(capsys):
         ("prepare", "--no-such-option"),
         ("demo-data", "--classes", "1"),
         ("demo-data", "--layout", "zip"),
+        ("demo-data", "--distractors", "-2"),
         ("no-such-command",),
     ],
 )

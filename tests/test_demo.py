@@ -21,6 +21,7 @@ from convplat.demo import (
     imagenet_class_specs,
     make_demo_data,
 )
+from convplat.demo.drawing import IMAGENET_COLOURS
 from convplat.errors import ConfigError
 
 SMALL = dict(
@@ -79,7 +80,52 @@ def test_class_specs_are_distinct_and_sorted():
     assert len({s.shape for s in ten}) == len({s.colour for s in ten}) == 10
     cal = caltech_class_specs(6)
     assert not {s.shape for s in cal} & {s.shape for s in specs}
-    assert not {s.colour for s in cal} & {s.colour for s in specs}
+    assert not {s.colour for s in cal} & set(IMAGENET_COLOURS.values())
+
+
+def _nearest(rgb: np.ndarray, palette: dict) -> str:
+    names = list(palette)
+    ref = np.asarray([palette[n] for n in names], np.float32)
+    return names[int(np.linalg.norm(ref - rgb, axis=1).argmin())]
+
+
+def test_imagenet_images_carry_distractors_of_other_classes():
+    """The class is in the labelled object alone: unboxed distractors of other classes (in
+    their colours) sit outside its box, so which colours an image holds does not tell it."""
+    specs = imagenet_class_specs(10)
+    for k in (0, 1):
+        own = _nearest(np.asarray(specs[k].colour, np.float32), IMAGENET_COLOURS)
+        for s in range(20):
+            img, (box,) = draw_sample(
+                np.random.default_rng([k, s]), specs, k, 320, 240, clutter=False, distractors=3
+            )
+            pixels = np.asarray(img, np.float32)
+            inside = pixels[box.ymin - 1 : box.ymax, box.xmin - 1 : box.xmax].reshape(-1, 3)
+            drawn = inside[(inside != 128).any(axis=1)]
+            assert _nearest(np.median(drawn, axis=0), IMAGENET_COLOURS) == own
+            outside = (pixels != 128).any(axis=2)
+            outside[box.ymin - 1 : box.ymax, box.xmin - 1 : box.xmax] = False
+            assert outside.any()  # at least one distractor, outside the box
+            assert _nearest(np.median(pixels[outside], axis=0), IMAGENET_COLOURS) != own
+
+
+def test_backgrounds_do_not_depend_on_the_class(monkeypatch):
+    """Backgrounds avoid every class colour alike (not just the colours in the image), so
+    the colours a background lacks never tell the class."""
+    from convplat.demo import drawing
+
+    specs = imagenet_class_specs(10)
+    seen: list[set] = []
+    real = drawing.draw_background
+
+    def spy(rng, width, height, avoid=(), clutter=True):
+        seen.append({tuple(c) for c in avoid})
+        return real(rng, width, height, avoid=avoid, clutter=clutter)
+
+    monkeypatch.setattr(drawing, "draw_background", spy)
+    for k in range(10):
+        draw_sample(np.random.default_rng(k), specs, k, 160, 120, distractors=1)
+    assert all(avoid >= {s.colour for s in specs} for avoid in seen) and len(seen) == 10
 
 
 def test_folder_layout_tree(folder_set):
@@ -106,7 +152,7 @@ def test_folder_layout_tree(folder_set):
         assert len(boxes) == 1 and boxes[0][0] == wnid
         _, x0, y0, x1, y1 = boxes[0]
         assert 1 <= x0 < x1 <= w and 1 <= y0 < y1 <= h
-        # Object diameter is 30-70% of the shorter side; the tight box is at most that.
+        # Object diameter is 35-70% of the shorter side; the tight box is at most that.
         assert 0.15 * min(w, h) <= max(x1 - x0, y1 - y0) + 1 <= 0.7 * min(w, h) + 2
     sizes = {Image.open(p).size for p in train}
     assert any(w > h for w, h in sizes) and any(w < h for w, h in sizes)
@@ -262,6 +308,7 @@ def test_rerun_replaces_own_output_but_refuses_foreign_dirs(tmp_path):
         {"classes": "10"},
         {"layout": "coco"},
         {"objects_per_image": 0},
+        {"distractors": -1},
         {"train_per_class": 0},
         {"val_per_class": -1},
         {"caltech_classes": 1},

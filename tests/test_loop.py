@@ -109,3 +109,36 @@ def test_recipes_layer_defaults_recipe_file_and_flags(tmp_path):
         resolve_train_config("vgg16")
     with pytest.raises(ConfigError, match="multiple of the 3 workers"):
         TrainConfig(batch_size=128, workers=3)
+
+
+def test_label_smoothing_reaches_the_loss_and_is_validated(tmp_path):
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    labels = torch.tensor([0, 1])
+    log_p = logits.log_softmax(dim=1)
+    smoothing = 0.3
+
+    def first_loss(**kw) -> float:
+        batches = batches_of(torch.arange(2), labels, 2)
+        identity = lambda x, w, generator=None: x  # noqa: E731
+        model = Lookup(logits)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the loss of these logits
+        return train_one_epoch(model, batches, identity, optimizer, torch.device("cpu"), **kw)[
+            "train_loss"
+        ]
+
+    # (1 - e) on the label plus e spread over all 3 classes, written out by hand
+    target = torch.full((2, 3), smoothing / 3)
+    target[torch.arange(2), labels] += 1 - smoothing
+    expected = float(-(target * log_p).sum(dim=1).mean())
+    assert first_loss(label_smoothing=smoothing) == pytest.approx(expected, rel=1e-5)
+    plain = float(-log_p[torch.arange(2), labels].mean())
+    assert first_loss() == pytest.approx(plain, rel=1e-5) and plain != pytest.approx(expected)
+    assert TrainConfig().label_smoothing == 0.0  # the papers' recipes: plain cross-entropy
+    assert resolve_train_config("alexnet").label_smoothing == 0.0
+    assert resolve_train_config("alexnet", "demo").label_smoothing == 0.1  # the demo preset
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="label_smoothing: expected 0 <= value < 1"):
+            TrainConfig(label_smoothing=bad)
+    recipe = tmp_path / "smooth.toml"
+    recipe.write_text("label_smoothing = 0.2\n")
+    assert resolve_train_config("alexnet", str(recipe)).label_smoothing == 0.2

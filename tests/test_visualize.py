@@ -591,3 +591,44 @@ def test_deconv_command_rejects_an_unknown_executor(run_dir, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--executor: expected one of auto, local, ray" in err[0]
+
+
+def test_summarize_drops_needs_a_real_paired_drop_not_only_a_ratio():
+    from convplat.visualize.occlusion import box_drops, summarize_drops
+
+    # A saturated network: the square on the object costs 0.02, off it nothing or a gain.
+    saturated = [(np.array([0.02, 0.01, 0.03]), np.array([0.0, -0.001, 0.0]))] * 4
+    summary = summarize_drops(saturated)
+    assert summary.ratio == float("inf") and summary.covers == pytest.approx(0.02)
+    assert summary.paired == 0.0
+    missed = summary.shortfalls(3.0, 0.1, 0.5)
+    assert len(missed) == 2 and "covering drop 0.0200 < 0.1" in missed[0]
+    # Looking at the object: large covering drops, small off-box ones, in 3 of 4 images.
+    looking = [(np.array([0.5, 0.1]), np.array([0.05, 0.0]))] * 3
+    looking.append((np.array([0.05]), np.array([0.04])))  # this image: no paired drop
+    summary = summarize_drops(looking)
+    assert summary.covers == pytest.approx((3 * 0.3 + 0.05) / 4)
+    assert summary.off == pytest.approx((3 * 0.025 + 0.04) / 4)
+    assert summary.ratio == pytest.approx(summary.covers / summary.off)
+    assert summary.paired == 0.75 and summary.shortfalls(3.0, 0.1, 0.5) == []
+    assert summary.shortfalls(3.0, 0.1, 0.8) == ["paired share 75% < 80%"]
+    # Using the background: the same drop on and off the box fails the ratio and the pairing.
+    background = summarize_drops([(np.array([0.3]), np.array([0.3]))])
+    assert background.ratio == pytest.approx(1.0) and background.paired == 0.0
+    assert "ratio 1.00x < 3x" in background.shortfalls(3.0, 0.1, 0.5)
+    # No drop anywhere: an undefined ratio misses; images with an empty side are left out.
+    flat = summarize_drops([(np.zeros(2), np.zeros(3)), (np.zeros(0), np.ones(2))])
+    assert flat.images == 1 and math.isnan(flat.ratio)
+    assert flat.shortfalls(3.0, 0.0, 0.0) == ["ratio undefined (no drop) < 3x"]
+    with pytest.raises(ValueError, match="at least one image"):
+        summarize_drops([(np.zeros(0), np.zeros(2))])
+
+    # End to end on occlusion maps: the corner model loses the class where the square hides
+    # the object's corner, nowhere else.
+    image = torch.zeros(3, 32, 32)
+    image[0, :8, :8] = 1.0
+    maps = occlusion(corner_model(), image, label=1, size=8, stride=4)
+    clean = 1 / (1 + math.exp(-64))
+    summary = summarize_drops([box_drops(maps, clean, [(0, 0, 8, 8)])])
+    assert summary.covers == pytest.approx((clean - 0.5) / 4, rel=1e-4)
+    assert summary.paired == 1.0 and summary.off == pytest.approx(0, abs=1e-9)

@@ -25,6 +25,12 @@ def demo_data_command(
     objects_per_image: Annotated[
         int | None, typer.Option(help="Objects drawn per image (detection; 1).")
     ] = None,
+    distractors: Annotated[
+        int | None,
+        typer.Option(
+            help="Up to this many unboxed objects of other classes per image (3; 0: none)."
+        ),
+    ] = None,
     voc: Annotated[
         bool | None,
         typer.Option("--voc/--no-voc", help="Also write VOCdevkit/VOC2012 (multi-label; on)."),

@@ -53,6 +53,7 @@ class TrainConfig(WorkerScale):
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     lighting_std: float = 0.1
+    label_smoothing: float = 0.0  # 0: the papers' plain cross-entropy; the demo preset uses 0.1
     input_scale: float = 1.0
     gpus: int = 0
     workers: int = 1
@@ -101,6 +102,10 @@ class TrainConfig(WorkerScale):
             f"keep_checkpoints: expected >= 1, got {self.keep_checkpoints}",
         )
         check(self.lighting_std >= 0, f"lighting_std: expected >= 0, got {self.lighting_std}")
+        check(
+            0 <= self.label_smoothing < 1,
+            f"label_smoothing: expected 0 <= value < 1, got {self.label_smoothing}",
+        )
         choice("--parallel", self.parallel, PARALLEL)
         if self.parallel == "columns":
             check(

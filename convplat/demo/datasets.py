@@ -36,6 +36,9 @@ LAYOUTS = ("imagefolder", "ilsvrc")
 _LAYOUT_ALIASES = {"folder": "imagefolder"}
 JPEG_QUALITY = 90
 MAX_OBJECTS_PER_IMAGE = 10
+# The labelled object's diameter as a fraction of the shorter side: above the distractors'
+# 12-25%, so "the largest object" names the class.
+IMAGENET_SCALE = (0.35, 0.7)
 MARKER = ".convplat-demo.json"  # marks a directory this module may delete and rewrite
 
 # --- writing ------------------------------------------------------------------------------------
@@ -202,6 +205,7 @@ def make_demo_data(
     caltech_classes: int = 6,
     caltech_per_class: int = 35,
     objects_per_image: int = 1,
+    distractors: int = 3,
     voc: bool = True,
     voc_classes: int = MAX_VOC_CLASSES,
     voc_train: int = 200,
@@ -220,6 +224,9 @@ def make_demo_data(
             about +-30% of it, as in the real set.
         objects_per_image: up to this many objects per ImageNet image, each with a box; the
             image label is the first (largest) one's class.
+        distractors: up to this many smaller, unboxed objects of the other classes' shapes per
+            ImageNet image (at least one when > 0), so that the class depends on the labelled
+            object alone (0: none).
         voc, voc_classes, voc_train, voc_val: a VOC 2012 tree with the first ``voc_classes``
             of the 20 VOC classes present (the per-class files list all 20), 1-3 objects per
             image, some flagged difficult, and ``voc_train``/``voc_val`` images.
@@ -239,6 +246,7 @@ def make_demo_data(
     caltech_classes = _check_int("caltech_classes", caltech_classes, 2, MAX_CALTECH_CLASSES)
     caltech_per_class = _check_int("caltech_per_class", caltech_per_class, 1)
     objects_per_image = _check_int("objects_per_image", objects_per_image, 1, MAX_OBJECTS_PER_IMAGE)
+    distractors = _check_int("distractors", distractors, 0, MAX_OBJECTS_PER_IMAGE)
     voc_classes = _check_int("voc_classes", voc_classes, 2, MAX_VOC_CLASSES)
     voc_train = _check_int("voc_train", voc_train, 1)
     voc_val = _check_int("voc_val", voc_val, 1)
@@ -257,6 +265,7 @@ def make_demo_data(
         caltech_classes=caltech_classes,
         caltech_per_class=caltech_per_class,
         objects_per_image=objects_per_image,
+        distractors=distractors,
         voc=bool(voc),
         voc_classes=voc_classes,
         voc_train=voc_train,
@@ -287,6 +296,7 @@ def make_demo_data(
             train_per_class,
             val_per_class,
             objects_per_image,
+            distractors,
             plan,
             advance,
         )
@@ -320,6 +330,7 @@ def _write_imagenet(
     train_per_class: int,
     val_per_class: int,
     objects: int,
+    distractors: int,
     plan: np.random.Generator,
     advance,
 ) -> dict:
@@ -334,7 +345,10 @@ def _write_imagenet(
         nonlocal n_boxes
         rng = _image_rng(seed, *key)
         w, h = _imagenet_size(rng)
-        img, boxes = draw_sample(rng, specs, spec.index, w, h, objects=objects)
+        img, boxes = draw_sample(
+            rng, specs, spec.index, w, h, objects=objects, scale=IMAGENET_SCALE,
+            distractors=distractors,
+        )  # fmt: skip
         sub = Path(split, spec.wnid) if split == "train" or not ilsvrc else Path(split)
         folder = spec.wnid if split == "train" else "val"
         _save_jpeg(img, data / sub / f"{stem}.JPEG")

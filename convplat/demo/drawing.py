@@ -1,8 +1,12 @@
 """The synthetic classes and how one image of them is drawn, for ``convplat demo-data``.
 
 Each class is one shape x colour (ImageNet-like, Caltech-like and the 20 VOC names); an image
-shows procedurally drawn objects on a cluttered background, with tight boxes. Every function
-takes its random generator, so the same seed draws the same pixels.
+shows procedurally drawn objects on a cluttered background, with tight boxes. ImageNet-like
+images also hold smaller, unboxed distractors of other classes, and every background avoids
+all the classes' colours alike: the class is then told by the labelled (largest) object only,
+not by which colours the image holds, and covering that object lets the others win, as ZFNet's
+occlusion study (§4.2) needs. Every function takes its random generator, so the same seed draws
+the same pixels.
 """
 
 from __future__ import annotations
@@ -97,8 +101,10 @@ def _fit_unit_disc(outer: list[Polygon], holes: list[Polygon]) -> tuple[list, li
 
 
 SHAPES = {name: _fit_unit_disc(*parts) for name, parts in SHAPES.items()}
-IMAGENET_SHAPES = ("disc", "triangle", "square", "star", "cross", "ring", "diamond", "hexagon",
-                   "crescent", "arrow", "heart", "frame")  # fmt: skip
+# The ten default classes first, the ones that are told apart most easily (diamond and hexagon,
+# close to a square and a disc at low resolution, come last).
+IMAGENET_SHAPES = ("disc", "triangle", "square", "star", "cross", "ring", "crescent", "arrow",
+                   "heart", "frame", "diamond", "hexagon")  # fmt: skip
 CALTECH_SHAPES = ("pentagon", "hourglass", "tee", "ell", "chevron", "ellipse", "trapezoid",
                   "semicircle")  # fmt: skip
 
@@ -148,7 +154,8 @@ def _pairs(n: int, n_shapes: int, n_colours: int) -> list[tuple[int, int]]:
 
 
 def imagenet_class_specs(n: int) -> list[ClassSpec]:
-    """The first ``n`` ImageNet-like classes; sorted wnid order = class order."""
+    """The first ``n`` ImageNet-like classes: a shape in a colour of its own each (the first ten
+    differ in both); sorted wnid order = class order."""
     names = list(IMAGENET_COLOURS)
     out = []
     for k, (s, c) in enumerate(_pairs(n, len(IMAGENET_SHAPES), len(names))):
@@ -301,6 +308,26 @@ def _overlaps(b: tuple[int, int, int, int], others: list[tuple[int, int, int, in
     return any(b[0] < o[2] and o[0] < b[2] and b[1] < o[3] and o[1] < b[3] for o in others)
 
 
+def _place(
+    rng: np.random.Generator,
+    shape: str,
+    size: tuple[int, int],
+    radius: float,
+    taken: list[tuple[int, int, int, int]],
+) -> Image.Image | None:
+    """The mask of ``shape`` at a random spot where its box overlaps none of ``taken`` (None
+    when 20 tries find no free spot)."""
+    width, height = size
+    for _ in range(20):
+        cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
+        angle, stretch = rng.uniform(0, 2 * math.pi), rng.uniform(0.85, 1.15)
+        mask = _object_mask(shape, size, cx, cy, radius, angle, stretch)
+        bbox = mask.getbbox()
+        if bbox is not None and not _overlaps(bbox, taken):
+            return mask
+    return None
+
+
 def draw_sample(
     rng: np.random.Generator,
     classes: Sequence[ClassSpec],
@@ -311,6 +338,7 @@ def draw_sample(
     objects: int = 1,
     scale: tuple[float, float] = (0.3, 0.7),
     clutter: bool = True,
+    distractors: int = 0,
 ) -> tuple[Image.Image, list[LabelledBox]]:
     """Draw one RGB image whose first (largest) object is of class ``class_index``.
 
@@ -320,9 +348,15 @@ def draw_sample(
             free spot after a few tries is left out).
         scale: range of the first object's diameter as a fraction of the shorter side.
         clutter: False paints the objects on a plain grey background (for tests).
+        distractors: also draw 1..distractors unboxed objects of the other classes (their
+            shapes and colours), 12-25% of the shorter side (smaller than the first object,
+            overlapping no box): the class is then told only by the labelled, largest object,
+            and covering it lets the others win (ImageNet's boxes, too, mark only the
+            labelled class).
 
     Returns:
-        The image and one box per drawn object, the first one of ``class_index``.
+        The image and one box per drawn object (distractors have none), the first one of
+        ``class_index``.
     """
     short = min(width, height)
     count = 1 if objects <= 1 else int(rng.integers(1, objects + 1))
@@ -333,30 +367,36 @@ def draw_sample(
     diam = [rng.uniform(lo, hi) * short]
     diam += [d * short for d in rng.uniform(0.15, 0.3, count - 1) if d * short < diam[0]]
     specs = [classes[i] for i in labels]
-    img = draw_background(rng, width, height, avoid=[s.colour for s in specs], clutter=clutter)
+    main = classes[class_index]
+    others = [c for c in classes if c.shape != main.shape and c.colour != main.colour]
+    extra: list[tuple[ClassSpec, float]] = []
+    if distractors > 0 and others:
+        n = int(rng.integers(1, distractors + 1))
+        picks = rng.integers(0, len(others), n)
+        sizes = rng.uniform(0.12, 0.25, n) * short
+        extra = [(others[int(i)], float(d)) for i, d in zip(picks, sizes, strict=True)]
+    colours = [s.colour for s in specs + [spec for spec, _ in extra]]
+    # The background avoids every class's colour, not this image's: its statistics are the
+    # same whatever the class.
+    avoid = list(dict.fromkeys([c.colour for c in classes] + colours))
+    img = draw_background(rng, width, height, avoid=avoid, clutter=clutter)
     canvas = np.array(img)
     boxes: list[LabelledBox] = []
     taken: list[tuple[int, int, int, int]] = []
     for spec, d in zip(specs, diam, strict=False):
-        r = d / 2
-        for _ in range(20):
-            cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
-            mask_img = _object_mask(
-                spec.shape,
-                (width, height),
-                cx,
-                cy,
-                r,
-                rng.uniform(0, 2 * math.pi),
-                rng.uniform(0.85, 1.15),
-            )
-            bbox = mask_img.getbbox()
-            if bbox is not None and not _overlaps(bbox, taken):
-                break
-        else:
+        mask_img = _place(rng, spec.shape, (width, height), d / 2, taken)
+        if mask_img is None:
             continue
+        bbox = mask_img.getbbox()
         taken.append(bbox)
         _paint(canvas, np.asarray(mask_img.crop(bbox)) > 0, bbox[0], bbox[1], spec, rng)
         x0, y0, x1, y1 = bbox  # PIL: half-open, 0-based -> ImageNet: inclusive, 1-based
         boxes.append(LabelledBox(spec.index, x0 + 1, y0 + 1, x1, y1))
+    for spec, d in extra:
+        mask_img = _place(rng, spec.shape, (width, height), d / 2, taken)
+        if mask_img is not None:
+            bbox = mask_img.getbbox()
+            taken.append(bbox)
+            mask = np.asarray(mask_img.crop(bbox)) > 0
+            _paint(canvas, mask, bbox[0], bbox[1], spec, rng)
     return Image.fromarray(canvas, "RGB"), boxes

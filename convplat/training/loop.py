@@ -47,8 +47,12 @@ def train_one_epoch(
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     generator: torch.Generator | None = None,
     before_step: Callable[[], None] | None = None,
+    label_smoothing: float = 0.0,
 ) -> dict:
     """Run one pass over ``batches`` of (uint8 images, labels, windows).
+
+    ``label_smoothing`` > 0 trains towards (1 - e) on the label and e / classes elsewhere
+    (``F.cross_entropy``'s option), so the network does not saturate at p ~ 1 on easy data.
 
     ``on_step(step, loss)`` gets the detached loss tensor: reading it (``float``) waits for the
     device, so a caller that reports progress reads it only when it shows it, and the GPU
@@ -70,7 +74,7 @@ def train_one_epoch(
         inputs = transform(crops, windows, generator=generator)
         with autocast(device, amp):
             logits = model(inputs)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if before_step is not None:  # e.g. column parallelism's gradient average over pairs

@@ -176,6 +176,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             on_step=worker.step_reporter(epoch, total),
             generator=generator,
             before_step=data.before_step,
+            label_smoothing=config.label_smoothing,
         )
         train = _reduce_train(train, worker, data)
         val_batches = eval_loader(config.data, "val", mode="center", **shared) if has_val else []
