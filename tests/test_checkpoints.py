@@ -50,3 +50,31 @@ def test_damaged_or_foreign_weights_are_one_line():
         load_weights(nn.Linear(4, 3), data[:40], "run/model.safetensors")
     with pytest.raises(ConvplatError, match="weights do not fit Linear"):
         load_weights(nn.Linear(5, 3), data, "run/model.safetensors")
+
+
+def test_build_model_takes_every_value_from_the_weights(monkeypatch):
+    """build_model skips the random initialisation (meta device) yet gives the same network
+    as init + load; weights of another architecture stay one ConvplatError line."""
+    import torch
+
+    from convplat.training.checkpoints import load_weights, state_dict_bytes
+    from convplat.training.models.pretrained import build_network
+    from convplat.transfer.checkpoint import build_model
+
+    torch.manual_seed(0)
+    reference = build_network("zfnet", num_classes=7).eval()
+    data = state_dict_bytes(reference)
+    calls = []
+    real = torch.nn.init.normal_
+    monkeypatch.setattr(
+        torch.nn.init, "normal_", lambda t, *a, **k: calls.append(t) or real(t, *a, **k)
+    )
+    built = build_model("zfnet", 7, data)
+    assert not calls  # no values drawn only to be overwritten (nor meta ones)
+    assert not any(p.is_meta for p in built.parameters()) and not built.training
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(built(x), reference(x))
+        assert torch.equal(built(x), load_weights(build_network("zfnet", 7), data).eval()(x))
+    with pytest.raises(ConvplatError, match="weights do not fit"):
+        build_model("alexnet", 7, data)

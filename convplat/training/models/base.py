@@ -170,7 +170,10 @@ class ConvNet(nn.Module):
 
 
 def init_normal(layer: nn.Module, bias: float, std: float = INIT_STD) -> None:
-    """Weights ~ N(0, std), bias = constant."""
+    """Weights ~ N(0, std), bias = constant. Meta tensors (shape-only models) hold no values:
+    skipping them spares the first meta ``normal_`` its ~2 s import of torch's decompositions."""
+    if layer.weight.is_meta:
+        return
     nn.init.normal_(layer.weight, 0.0, std)
     nn.init.constant_(layer.bias, bias)
 
