@@ -15,7 +15,7 @@ from conftest import jpeg_bytes, make_imagenet_tree
 
 from convplat.cli.main import main
 from convplat.config import PrepareConfig
-from convplat.errors import ConfigError, DatasetError
+from convplat.errors import ConfigError, ConvplatError, DatasetError
 from convplat.export import extract, read_features, shard_samples
 from convplat.pipeline import prepare
 from convplat.pipeline.shardset import load_stats, read_manifest
@@ -309,3 +309,27 @@ def test_stored_weights_are_built_once_per_process(ray_session):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(first(x), build_model("alexnet", 4, weights)(x))
+
+
+@pytest.mark.parametrize("cut", ["conv1", "conv5", "fc7"])
+def test_tasks_get_only_the_layers_up_to_the_cut(cut: str):
+    """needed_weights ships the tensors of the layers up to the cut (conv1: 140 KB of
+    AlexNet's 244 MB, conv5: 9.3 MB) and a model built from them gives the same features as
+    the whole one."""
+    from convplat.transfer.checkpoint import build_model
+    from convplat.transfer.extract import needed_weights
+
+    torch.manual_seed(0)
+    whole = create_model("alexnet", num_classes=4).eval()
+    weights = state_dict_bytes(whole)
+    needed = needed_weights(weights, "alexnet", 4, (cut,))
+    limit = {"conv1": 150_000, "conv5": 10_000_000, "fc7": len(weights) - 16_000}[cut]
+    assert len(needed) <= limit  # fc7: all but fc8 (4096 x 4 + 4 floats)
+    partial = build_model("alexnet", 4, needed, partial=True)
+    assert any(p.is_meta for p in partial.parameters())  # fc8 at least is left out
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = FeatureExtractor(whole, (cut,)).forward_all(x)[cut]
+        assert torch.equal(FeatureExtractor(partial, (cut,)).forward_all(x)[cut], expected)
+    with pytest.raises(ConvplatError, match="weights do not fit"):
+        build_model("alexnet", 4, needed)  # a whole model needs every tensor

@@ -35,12 +35,17 @@ def state_dict_bytes(model: nn.Module) -> bytes:
 
 
 def load_weights(
-    model: nn.Module, data: bytes, source: str = "weights", assign: bool = False
+    model: nn.Module,
+    data: bytes,
+    source: str = "weights",
+    assign: bool = False,
+    strict: bool = True,
 ) -> nn.Module:
     """Load safetensors bytes into ``model`` (strict: names and shapes must match).
 
     ``assign=True`` makes the loaded tensors the model's own (for a model built on the meta
-    device, with no memory and no random initialisation to spend time on).
+    device, with no memory and no random initialisation to spend time on); ``strict=False``
+    accepts a subset of the model's tensors (names and shapes of those given still checked).
 
     A truncated or foreign file, or weights of another architecture, is one ConvplatError
     line naming ``source`` (the file), not a safetensors or PyTorch traceback.
@@ -50,7 +55,7 @@ def load_weights(
     except Exception as exc:  # noqa: BLE001 - SafetensorError is not importable by name
         raise ConvplatError(f"{source}: not a safetensors file ({_first_line(exc)})") from None
     try:
-        model.load_state_dict(state, assign=assign)
+        model.load_state_dict(state, assign=assign, strict=strict)
     except RuntimeError as exc:
         raise ConvplatError(
             f"{source}: weights do not fit {type(model).__name__} ({_first_line(exc)})"

@@ -79,15 +79,16 @@ class Checkpoint:
         return np.asarray(stats["mean"], np.float32), quality
 
 
-def build_model(name: str, num_classes: int, weights: bytes) -> ConvNet:
+def build_model(name: str, num_classes: int, weights: bytes, partial: bool = False) -> ConvNet:
     """``name`` with ``weights``, built on the meta device and given the loaded tensors: a
     random initialisation that the weights replace anyway cost ~1 s of every worker's first
-    task for AlexNet's 61M parameters."""
+    task for AlexNet's 61M parameters. ``partial`` weights (the layers up to a feature cut)
+    leave the other layers on the meta device, unusable until loaded."""
     with torch.device("meta"):
         model = build_network(name, num_classes)
-    load_weights(model, weights, f"{name} weights", assign=True)
+    load_weights(model, weights, f"{name} weights", assign=True, strict=not partial)
     left = [k for k, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:  # a buffer outside the state dict would have no values
+    if left and not partial:  # a buffer outside the state dict would have no values
         raise ConvplatError(f"{name} weights: no values for {', '.join(left)}")
     return model.eval()
 

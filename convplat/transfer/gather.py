@@ -32,6 +32,7 @@ from convplat.transfer.extract import (
     decode_files,
     extract_chunk,
     extract_jpegs,
+    needed_weights,
 )
 
 
@@ -206,7 +207,15 @@ def _run_ray(paths: list[str], spec: dict, weights: bytes, address: str | None, 
     else:
         # About two chunks per CPU (each worker process builds the model once: StoredWeights).
         chunk = max(64, math.ceil(len(paths) / (2 * cpus)))
-    weights_ref = StoredWeights(weights)  # each worker process builds the model once
+    # Each worker process builds the model once, from the layers up to the cuts only.
+    needed = needed_weights(
+        weights,
+        spec["model_name"],
+        spec["num_classes"],
+        spec["cuts"],
+        spec.get("last_conv_alias", True),
+    )
+    weights_ref = StoredWeights(needed, partial=True)
     args = {**spec, "mean": ray.put(spec["mean"])}
     if not gpus:
         args["device"] = "cpu"
