@@ -114,7 +114,10 @@ class WorkerSlots:
         """An uninitialised shared-memory uint8 tensor of ``shape``: a free slot's buffer, or a
         fresh segment when none is free (or this collate already holds one)."""
         numel = math.prod(shape)
-        free = np.flatnonzero(self.free) if self.lease is None else ()
+        # A private copy: the main process sets flags in the shared row while we look, and
+        # np.nonzero on a changing array raises ("number of non-zero array elements changed").
+        # A stale copy is safe: only this process clears its flags, so a slot it sees free is.
+        free = np.flatnonzero(self.free.copy()) if self.lease is None else ()
         if len(free) == 0:
             self.counts[1] += 1
             return torch.empty(shape, dtype=torch.uint8).share_memory_()
