@@ -55,7 +55,9 @@ def load_weights(
     except Exception as exc:  # noqa: BLE001 - SafetensorError is not importable by name
         raise ConvplatError(f"{source}: not a safetensors file ({_first_line(exc)})") from None
     try:
-        model.load_state_dict(state, assign=assign, strict=strict)
+        # Only real modules take ``assign`` (column parallelism's state view does not).
+        extra = {"assign": True} if assign else {}
+        model.load_state_dict(state, strict=strict, **extra)
     except RuntimeError as exc:
         raise ConvplatError(
             f"{source}: weights do not fit {type(model).__name__} ({_first_line(exc)})"
