@@ -358,3 +358,17 @@ def test_voc_tree(folder_set):
     assert objects == summary["voc2012"]["objects"] >= 10
     lines = (main / "bird_val.txt").read_text().splitlines()
     assert all(re.fullmatch(r"2012_\d{6} (-1| 0| 1)", line) for line in lines)
+
+
+def test_distractors_only_where_one_object_is_labelled(folder_set, ilsvrc_set):
+    """One object per image: up to 3 unboxed distractors by default; several boxed objects
+    (detection): none, since a detector would be taught and scored on unboxed objects."""
+    import json
+
+    from convplat.demo.datasets import MARKER
+
+    def recorded(out: Path) -> int:
+        return json.loads((out / "imagenet" / MARKER).read_text())["distractors"]
+
+    assert recorded(folder_set[0]) == 3
+    assert recorded(ilsvrc_set[0]) == 0

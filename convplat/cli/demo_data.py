@@ -28,7 +28,8 @@ def demo_data_command(
     distractors: Annotated[
         int | None,
         typer.Option(
-            help="Up to this many unboxed objects of other classes per image (3; 0: none)."
+            help="Up to this many unboxed objects of other classes per image "
+            "(3 with one object per image, 0 with several; 0: none)."
         ),
     ] = None,
     voc: Annotated[

@@ -39,6 +39,7 @@ MAX_OBJECTS_PER_IMAGE = 10
 # The labelled object's diameter as a fraction of the shorter side: above the distractors'
 # 12-25%, so "the largest object" names the class.
 IMAGENET_SCALE = (0.35, 0.7)
+DISTRACTORS = 3  # unboxed objects of other classes per image, at most (one object per image)
 MARKER = ".convplat-demo.json"  # marks a directory this module may delete and rewrite
 
 # --- writing ------------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def make_demo_data(
     caltech_classes: int = 6,
     caltech_per_class: int = 35,
     objects_per_image: int = 1,
-    distractors: int = 3,
+    distractors: int | None = None,
     voc: bool = True,
     voc_classes: int = MAX_VOC_CLASSES,
     voc_train: int = 200,
@@ -224,9 +225,10 @@ def make_demo_data(
             about +-30% of it, as in the real set.
         objects_per_image: up to this many objects per ImageNet image, each with a box; the
             image label is the first (largest) one's class.
-        distractors: up to this many smaller, unboxed objects of the other classes' shapes per
+        distractors: up to this many smaller, unboxed objects of the other classes per
             ImageNet image (at least one when > 0), so that the class depends on the labelled
-            object alone (0: none).
+            object alone (0: none). Default: 3 with one object per image, 0 with several (a
+            detector would learn unboxed objects as background and be scored on them).
         voc, voc_classes, voc_train, voc_val: a VOC 2012 tree with the first ``voc_classes``
             of the 20 VOC classes present (the per-class files list all 20), 1-3 objects per
             image, some flagged difficult, and ``voc_train``/``voc_val`` images.
@@ -246,6 +248,8 @@ def make_demo_data(
     caltech_classes = _check_int("caltech_classes", caltech_classes, 2, MAX_CALTECH_CLASSES)
     caltech_per_class = _check_int("caltech_per_class", caltech_per_class, 1)
     objects_per_image = _check_int("objects_per_image", objects_per_image, 1, MAX_OBJECTS_PER_IMAGE)
+    if distractors is None:
+        distractors = DISTRACTORS if objects_per_image == 1 else 0
     distractors = _check_int("distractors", distractors, 0, MAX_OBJECTS_PER_IMAGE)
     voc_classes = _check_int("voc_classes", voc_classes, 2, MAX_VOC_CLASSES)
     voc_train = _check_int("voc_train", voc_train, 1)
