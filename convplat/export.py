@@ -45,12 +45,7 @@ from convplat.pipeline.shardset import ShardSet, ShardTask
 from convplat.storage import Location, resolve
 from convplat.training.models.pretrained import TORCHVISION_ALEXNET, build_network
 from convplat.transfer.checkpoint import Checkpoint, load_checkpoint
-from convplat.transfer.extract import (
-    StoredWeights,
-    extract_chunk,
-    extract_jpegs,
-    needed_weights,
-)
+from convplat.transfer.extract import StoredWeights, extract_chunk, extract_jpegs
 from convplat.transfer.extractor import POOLS, layer_dims, resolve_layer
 
 METADATA_KEY = b"convplat"
@@ -408,10 +403,9 @@ def _run_ray(
     if not gpus:
         spec = {**spec, "device": "cpu"}
     # Each worker process builds the model once, from the layers up to the cut only.
-    needed = needed_weights(
+    weights_ref = StoredWeights.for_cuts(
         weights, spec["model_name"], spec["num_classes"], spec["cuts"], spec["last_conv_alias"]
     )
-    weights_ref = StoredWeights(needed, partial=True)
     spec = {**spec, "mean": ray.put(spec["mean"])}
     chunk = max(16, math.ceil(len(src.paths) / (2 * (gpus or cpus))))
     fn = _shard_task if src.kind == "shards" else _files_task

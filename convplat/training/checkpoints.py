@@ -50,10 +50,7 @@ def load_weights(
     A truncated or foreign file, or weights of another architecture, is one ConvplatError
     line naming ``source`` (the file), not a safetensors or PyTorch traceback.
     """
-    try:
-        state = load_safetensors(data)
-    except Exception as exc:  # noqa: BLE001 - SafetensorError is not importable by name
-        raise ConvplatError(f"{source}: not a safetensors file ({_first_line(exc)})") from None
+    state = read_state(data, source)
     try:
         # Only real modules take ``assign`` (column parallelism's state view does not).
         extra = {"assign": True} if assign else {}
@@ -63,6 +60,14 @@ def load_weights(
             f"{source}: weights do not fit {type(model).__name__} ({_first_line(exc)})"
         ) from None
     return model
+
+
+def read_state(data: bytes, source: str = "weights") -> dict[str, torch.Tensor]:
+    """Safetensors bytes -> tensors; a damaged file is one ConvplatError line naming it."""
+    try:
+        return load_safetensors(data)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError is not importable by name
+        raise ConvplatError(f"{source}: not a safetensors file ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -87,8 +87,10 @@ def build_model(name: str, num_classes: int, weights: bytes, partial: bool = Fal
     with torch.device("meta"):
         model = build_network(name, num_classes)
     load_weights(model, weights, f"{name} weights", assign=True, strict=not partial)
+    if partial:
+        return model.eval()
     left = [k for k, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left and not partial:  # a buffer outside the state dict would have no values
+    if left:  # a buffer outside the state dict would have no values
         raise ConvplatError(f"{name} weights: no values for {', '.join(left)}")
     return model.eval()
 

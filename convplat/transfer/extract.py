@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import simplejpeg
 import torch
+from safetensors.torch import save as save_safetensors
 
-from convplat.errors import ConvplatError, ImageDecodeError
+from convplat.errors import ImageDecodeError
 from convplat.pipeline.image import process_image
 from convplat.training.augment import BatchTransform, center_window
+from convplat.training.checkpoints import read_state
 from convplat.training.models import ConvNet
 from convplat.training.models.pretrained import build_network
 from convplat.transfer.checkpoint import build_model
@@ -111,9 +113,6 @@ def needed_weights(
     """Only the tensors of the layers up to ``cuts`` (safetensors bytes): ``conv1`` of AlexNet
     needs 140 KB of its 244 MB, ``conv5`` 9.3 MB, ``fc7`` all but fc8. Every Ray worker
     process fetches and holds what is shipped, so the rest stays on the driver."""
-    from safetensors.torch import load as load_safetensors
-    from safetensors.torch import save as save_safetensors
-
     if not cuts:  # decoding only: no layer runs
         return save_safetensors({})
     with torch.device("meta"):
@@ -122,10 +121,7 @@ def needed_weights(
     used = {id(t) for t in itertools.chain(extractor.parameters(), extractor.buffers())}
     named = itertools.chain(model.named_parameters(), model.named_buffers())
     keep = {name for name, t in named if id(t) in used}
-    try:
-        state = load_safetensors(weights)
-    except Exception as exc:  # noqa: BLE001 - SafetensorError is not importable by name
-        raise ConvplatError(f"{model_name} weights: not a safetensors file ({exc})") from None
+    state = read_state(weights, f"{model_name} weights")
     if keep >= set(state):
         return weights
     return save_safetensors({k: v for k, v in state.items() if k in keep})
@@ -146,6 +142,19 @@ class StoredWeights:
 
         self.refs = [ray.put(weights)]
         self.partial = partial
+
+    @classmethod
+    def for_cuts(
+        cls,
+        weights: bytes,
+        model_name: str,
+        num_classes: int,
+        cuts: Sequence[str],
+        last_conv_alias: bool = True,
+    ) -> StoredWeights:
+        """Only the layers up to ``cuts`` (:func:`needed_weights`), stored once."""
+        needed = needed_weights(weights, model_name, num_classes, cuts, last_conv_alias)
+        return cls(needed, partial=True)
 
     @property
     def key(self) -> str:

@@ -32,7 +32,6 @@ from convplat.transfer.extract import (
     decode_files,
     extract_chunk,
     extract_jpegs,
-    needed_weights,
 )
 
 
@@ -208,14 +207,13 @@ def _run_ray(paths: list[str], spec: dict, weights: bytes, address: str | None, 
         # About two chunks per CPU (each worker process builds the model once: StoredWeights).
         chunk = max(64, math.ceil(len(paths) / (2 * cpus)))
     # Each worker process builds the model once, from the layers up to the cuts only.
-    needed = needed_weights(
+    weights_ref = StoredWeights.for_cuts(
         weights,
         spec["model_name"],
         spec["num_classes"],
         spec["cuts"],
         spec.get("last_conv_alias", True),
     )
-    weights_ref = StoredWeights(needed, partial=True)
     args = {**spec, "mean": ray.put(spec["mean"])}
     if not gpus:
         args["device"] = "cpu"
