@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -39,6 +40,23 @@ def jpeg_bytes(
     else:
         image.save(buffer, fmt)
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def free_module_dirs(request, tmp_path_factory):
+    """Remove the module's ``tmp_path_factory`` dirs (trained runs of ~0.2-2.4 GB each) once its
+    tests are done, unless one failed: the suite's peak disk use is then one module's, not the
+    sum of all (function ``tmp_path`` dirs go with ``tmp_path_retention_policy``)."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before:
+            if path.is_symlink():
+                path.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,7 @@ def test_column_run_survives_a_killed_worker_writes_an_ordinary_alexnet_and_resu
     killed: list[int] = []
     watcher = threading.Thread(target=_kill_rank_after, args=(run, "epoch-001", 1, killed))
     watcher.start()
-    fit(columns_config(shards, tmp_path, epochs=2, max_failures=1))
+    fit(columns_config(shards, tmp_path, epochs=2, max_failures=1, keep_checkpoints=1))
     watcher.join()
     assert killed, "no Ray Train worker was killed"
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]

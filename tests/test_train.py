@@ -153,7 +153,13 @@ def _kill_rank_after(run: Path, checkpoint: str, rank: int, killed: list) -> Non
 
 def test_killed_worker_is_restarted_from_checkpoint(shards, tmp_path):
     config = tiny_config(
-        shards, tmp_path, epochs=3, limit_train_batches=4, run_name="ft", schedule="constant"
+        shards,
+        tmp_path,
+        epochs=3,
+        limit_train_batches=4,
+        run_name="ft",
+        schedule="constant",
+        keep_checkpoints=1,
     )
     run = tmp_path / "ft"
     killed: list[int] = []
