@@ -13,6 +13,23 @@ from PIL import Image
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
+# The suite's peak disk use under the temporary directory (measured: 4.1 GB, the trained runs
+# and checkpoints of one module at a time; see free_module_dirs).
+PEAK_DISK_GB = 4.1
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Say up front when the disk cannot hold the suite: a full disk otherwise shows up as
+    unrelated failures in whichever test writes next (and once as a pytest INTERNALERROR)."""
+    import tempfile
+
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
+    if free < 1.5 * PEAK_DISK_GB:
+        print(
+            f"\nconvplat tests: only {free:.1f} GB free under {tempfile.gettempdir()}; the suite "
+            f"needs about {PEAK_DISK_GB} GB there at its peak"
+        )
+
 
 def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
     """A smooth, photo-like (H, W, 3) uint8 image: gradients plus a few blobs."""
