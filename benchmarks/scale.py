@@ -4,7 +4,10 @@ Three stages, each selectable with ``--stage`` (default all three, in this order
 
 prepare   ``prepare --size 64`` through Ray on 1k, 4k, 16k, 64k generated 320x240 JPEGs (90 %
           train / 10 % val, ``--shard-size 500``). Time: the ``prepare()`` call, Ray and its
-          workers already up, so the fixed start-up cost does not hide the growth.
+          workers already up and warm, so the fixed start-up cost does not hide the growth:
+          each child first runs an untimed prepare of ``--warm-images`` (1,000) others, which
+          gives every worker a shard task and the driver its first Parquet write (pyarrow
+          imports pandas then, ~0.3 s); its time is printed beside the row (0: no warm-up).
 features  ``convplat features`` (``extract(..., executor="ray")``) of AlexNet's ``conv1``,
           globally average-pooled (96 floats an image: cheap to compute and to write, so the
           per-image cost is the stage's own plumbing, decode and the first layer) over shard
@@ -45,7 +48,7 @@ memory figures. A 1-s run on two cores moves by ~15 % between runs, enough to sw
 per-item comparison at 4k items either way.
 
 Usage: python benchmarks/scale.py [--stage prepare,features,loader]
-       [--sizes 1000,4000,16000,64000] [--image-size 64] [--shard-size 500]
+       [--sizes 1000,4000,16000,64000] [--image-size 64] [--shard-size 500] [--warm-images 1000]
        [--feature-sizes 1000,4000,16000] [--feature-shard-size 500]
        [--loader-shards 16,64,256,1024] [--loader-shard-images 16] [--cpus 2]
        [--repeats 3] [--repeat-under 10]
@@ -58,6 +61,7 @@ puts them elsewhere, ``--clean`` removes the folder at the end).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -219,7 +223,9 @@ def _children_hwm_kb() -> int:
     return peak
 
 
-def child_prepare(source: str, out: str, size: int, shard_size: int, cpus: int) -> dict:
+def child_prepare(
+    source: str, out: str, size: int, shard_size: int, cpus: int, warm_source: str
+) -> dict:
     from convplat.config import PrepareConfig
     from convplat.pipeline import prepare
 
@@ -227,6 +233,15 @@ def child_prepare(source: str, out: str, size: int, shard_size: int, cpus: int) 
     config = PrepareConfig(
         source=source, out=out, size=size, shard_size=shard_size, num_cpus=cpus, progress=False
     )
+    warm_s = None
+    if warm_source:  # the first prepare in a process pays first-use costs: not growth
+        warm_out = f"{out}-warm"
+        shutil.rmtree(warm_out, ignore_errors=True)
+        warm = dataclasses.replace(config, source=warm_source, out=warm_out)
+        t0 = time.perf_counter()
+        prepare(warm, executor="ray")
+        warm_s = time.perf_counter() - t0
+        shutil.rmtree(warm_out, ignore_errors=True)
     t0 = time.perf_counter()
     manifest = prepare(config, executor="ray")
     seconds = time.perf_counter() - t0
@@ -236,6 +251,7 @@ def child_prepare(source: str, out: str, size: int, shard_size: int, cpus: int) 
         "rss_kb": _rss_kb(),
         "store_kb": _store_peak_kb(raylet),
         "output": out,
+        "warm_s": warm_s,
     }
 
 
@@ -350,7 +366,8 @@ def stage_prepare(args) -> list[dict]:
     rows = []
     for count in sizes:
         source, out = make_sources(count), WORK / f"out-{count}"
-        child = (source, out, args.image_size, args.shard_size, args.cpus)
+        warm = make_sources(args.warm_images) if args.warm_images else ""
+        child = (source, out, args.image_size, args.shard_size, args.cpus, warm)
         rows.append(repeated("prepare", args, *child, fresh=out))
         print_row(rows[-1], "images")
     return rows
@@ -409,6 +426,8 @@ def print_row(r: dict, unit: str) -> None:
         extra.append(f"{r['shards']} shards")
     if r.get("runs", 1) > 1:
         extra.append(f"median of {r['runs']} runs")
+    if r.get("warm_s") is not None:
+        extra.append(f"warm-up prepare {r['warm_s']:.2f} s")
     if "first_s" in r:
         extra.append(f"first epoch {r['first_s']:.2f} s")
     if "loader_kb" in r:
@@ -494,7 +513,7 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         stage, *rest = sys.argv[2:]
         types = {
-            "prepare": (str, str, int, int, int),
+            "prepare": (str, str, int, int, int, str),
             "features": (str, str, str, int),
             "loader": (str,),
         }[stage]
@@ -506,6 +525,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,4000,16000,64000")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=500)
+    parser.add_argument(
+        "--warm-images", type=int, default=1000, help="untimed prepare before each (0: none)"
+    )
     parser.add_argument("--feature-sizes", default="1000,4000,16000")
     parser.add_argument("--feature-shard-size", type=int, default=500)
     parser.add_argument("--loader-shards", default="16,64,256,1024")
