@@ -322,6 +322,17 @@ def test_run_on_a_uri_writes_beside_it_and_keeps_the_scheme(run_dir):
     assert (run_dir / "visualize" / "filters.png").is_file()
 
 
+@pytest.mark.parametrize("out", ["a-file", "a-file/below", "/proc/convplat-visualize"])
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, run_dir, capsys, out):
+    from convplat.cli.main import main
+
+    (tmp_path / "a-file").write_text("not a directory")
+    code = main(["visualize", "filters", str(run_dir), "--out", str(tmp_path / out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write " in err[0] and "filters.png" in err[0], err
+
+
 def test_top_activations_match_brute_force():
     from convplat.visualize.top import top_activations
 

@@ -220,7 +220,13 @@ def run_correspondence(
     pixels, mapped through the preprocessing) or ``input`` (model-input pixels).
     """
     from convplat.pipeline.image import process_image
-    from convplat.visualize.runs import load_model, mean_stats, out_location, preprocess
+    from convplat.visualize.runs import (
+        load_model,
+        mean_stats,
+        out_location,
+        preprocess,
+        write_output,
+    )
 
     if len(images) < 2:
         raise ConvplatError(f"expected at least 2 images (the paper uses 5), got {len(images)}")
@@ -265,5 +271,5 @@ def run_correspondence(
     )
     location = out_location(run, out)
     file = f"correspondence-{name}.json"
-    location.write_bytes(file, (json.dumps(result, indent=1) + "\n").encode())
+    write_output(location, file, (json.dumps(result, indent=1) + "\n").encode())
     return location.join(file), result

@@ -41,8 +41,18 @@ def out_location(run: str, out: str | None) -> Location:
 def _write(run: str, out: str | None, name: str, data: bytes) -> str:
     """Write ``name`` into :func:`out_location`; returns the file's URI."""
     location = out_location(run, out)
-    location.write_bytes(name, data)
+    write_output(location, name, data)
     return location.child(name).uri
+
+
+def write_output(location: Location, name: str, data: bytes) -> None:
+    """``location.write_bytes``; an --out that cannot be written -> one OutputError line."""
+    from convplat.pipeline.outdir import write_error
+
+    try:
+        location.write_bytes(name, data)
+    except OSError as exc:  # --out is a file, read-only, the name too long ...
+        raise write_error(location.child(name).uri, exc) from None
 
 
 def load_model(run: str, weights: str = "final") -> tuple[nn.Module, dict]:
