@@ -333,6 +333,16 @@ def test_an_out_that_cannot_be_written_is_one_line(tmp_path, run_dir, capsys, ou
     assert len(err) == 1 and "cannot write " in err[0] and "filters.png" in err[0], err
 
 
+@pytest.mark.parametrize("content", [b"hello", b"\xff\xd8\xff\xe0 a cut JPEG"])
+def test_occlusion_of_a_file_that_is_not_an_image_is_one_line(tmp_path, run_dir, capsys, content):
+    from convplat.cli.main import main
+
+    (tmp_path / "photo.jpg").write_bytes(content)
+    assert main(["visualize", "occlusion", str(run_dir), str(tmp_path / "photo.jpg")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "photo.jpg: " in err[0] and "expected an image file" in err[0], err
+
+
 def test_top_activations_match_brute_force():
     from convplat.visualize.top import top_activations
 

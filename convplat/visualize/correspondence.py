@@ -248,7 +248,9 @@ def run_correspondence(
         blobs.append(Path(path).read_bytes())
     model, config = load_model(run, weights=weights)
     size = model.input_size
-    inputs = torch.stack([preprocess(b, config, size) for b in blobs])  # (N, 3, size, size)
+    inputs = torch.stack(  # (N, 3, size, size)
+        [preprocess(b, config, size, name=str(p)) for p, b in zip(images, blobs, strict=True)]
+    )
     if coords == "image":
         frame = int(mean_stats(config)["mean"].shape[0])
         rects = [

@@ -95,16 +95,23 @@ def mean_stats(config: dict) -> dict[str, np.ndarray]:
     }
 
 
-def preprocess(image_bytes: bytes, config: dict, size: int) -> torch.Tensor:
+def preprocess(
+    image_bytes: bytes, config: dict, size: int, name: str = "the image"
+) -> torch.Tensor:
     """A raw image file as the run saw validation images: shorter side to the stats' frame
     (256), centre crop, centre ``size`` crop, mean subtraction, ``input_scale``; (3, size, size).
+    Bytes that are not an image -> one ConvplatError line naming ``name``.
     """
+    from convplat.errors import ImageDecodeError
     from convplat.pipeline.image import process_image
     from convplat.training.augment import BatchTransform, center_window, windows_tensor
 
     stats = mean_stats(config)
     frame = int(stats["mean"].shape[0])
-    pixels = process_image(image_bytes, frame).pixels  # (frame, frame, 3) uint8
+    try:
+        pixels = process_image(image_bytes, frame).pixels  # (frame, frame, 3) uint8
+    except ImageDecodeError as exc:
+        raise ConvplatError(f"{name}: {exc.reason}; expected an image file") from None
     top, left, flip = center_window(pixels.shape[0], pixels.shape[1], size)
     crop = torch.from_numpy(pixels[top : top + size, left : left + size].copy())[None]
     transform = BatchTransform.from_stats(
@@ -134,7 +141,7 @@ def run_occlusion(
     if not path.is_file():
         raise ConvplatError(f"expected an image file, got {image_path!r} (no such file)")
     model, config = load_model(run, weights=weights)
-    image = preprocess(path.read_bytes(), config, model.input_size)
+    image = preprocess(path.read_bytes(), config, model.input_size, name=image_path)
     if label is not None and not 0 <= label < model.num_classes:
         raise ConvplatError(f"expected --label in 0..{model.num_classes - 1}, got {label}")
     maps = occlusion(model, image, label, size=size, stride=stride, batch_size=batch_size)
