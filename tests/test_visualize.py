@@ -343,6 +343,26 @@ def test_occlusion_of_a_file_that_is_not_an_image_is_one_line(tmp_path, run_dir,
     assert len(err) == 1 and "photo.jpg: " in err[0] and "expected an image file" in err[0], err
 
 
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--size", "0"], "--size: expected 1..224"),
+        (["--size", "225"], "--size: expected 1..224"),
+        (["--stride", "0"], "--stride: expected >= 1, got 0"),
+        (["--stride", "-8"], "--stride: expected >= 1, got -8"),
+    ],
+)
+def test_occlusion_square_out_of_range_is_one_line(tmp_path, run_dir, capsys, flags, expected):
+    from conftest import jpeg_bytes
+
+    from convplat.cli.main import main
+
+    (tmp_path / "cat.jpg").write_bytes(jpeg_bytes(64, 64, seed=1))
+    assert main(["visualize", "occlusion", str(run_dir), str(tmp_path / "cat.jpg"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
 def test_top_activations_match_brute_force():
     from convplat.visualize.top import top_activations
 
