@@ -223,6 +223,8 @@ def extract(
         raise ConfigError(f"--pool: expected one of {', '.join(POOLS)}, got {pool!r}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size: expected >= 1, got {batch_size}")
+    if device is not None and re.fullmatch(r"cpu|cuda(:\d+)?|mps", device) is None:
+        raise ConfigError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
     checkpoint = load_checkpoint(run, option="RUN")
     with torch.device("meta"):
         shape_model = build_network(checkpoint.model, num_classes=checkpoint.num_classes)

@@ -214,6 +214,13 @@ def test_user_mistakes_exit_2_with_one_line(workspace: Path, capsys):
     assert "RUN: " in err[3] and "--checkpoint" not in err[3]  # RUN is an argument here
 
 
+def test_an_unknown_device_is_one_line(workspace: Path, capsys):
+    run = str(workspace / "runs" / "alexnet-test")
+    assert main(["features", run, str(workspace / "shards"), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["convplat: error: --device: expected cpu, cuda or cuda:N, got 'gpu'"]
+
+
 def test_each_task_writes_its_own_part_and_returns_only_counts(workspace: Path, monkeypatch):
     """The streaming contract: what a task hands back to the driver has no vectors in it, so
     the driver's memory does not grow with the number of images."""
