@@ -336,7 +336,10 @@ def _claim_output(target: str) -> Location:
         ours = sorted(entries, key=lambda e: e.base_name != SUMMARY)  # invalidate first
         for entry in ours:
             location.fs.delete_file(entry.path)
-    location.fs.create_dir(location.path, recursive=True)
+    try:
+        location.fs.create_dir(location.path, recursive=True)
+    except OSError as exc:  # a file on the way, read-only, the name too long ...
+        raise ConfigError(f"--out: cannot create {location.uri}: {exc.strerror or exc}") from None
     return location
 
 
