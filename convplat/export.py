@@ -223,6 +223,8 @@ def extract(
         raise ConfigError(f"--pool: expected one of {', '.join(POOLS)}, got {pool!r}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size: expected >= 1, got {batch_size}")
+    if device is not None and re.fullmatch(r"cpu|cuda(:\d+)?|mps", device) is None:
+        raise ConfigError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
     checkpoint = load_checkpoint(run, option="RUN")
     with torch.device("meta"):
         shape_model = build_network(checkpoint.model, num_classes=checkpoint.num_classes)
@@ -334,7 +336,10 @@ def _claim_output(target: str) -> Location:
         ours = sorted(entries, key=lambda e: e.base_name != SUMMARY)  # invalidate first
         for entry in ours:
             location.fs.delete_file(entry.path)
-    location.fs.create_dir(location.path, recursive=True)
+    try:
+        location.fs.create_dir(location.path, recursive=True)
+    except OSError as exc:  # a file on the way, read-only, the name too long ...
+        raise ConfigError(f"--out: cannot create {location.uri}: {exc.strerror or exc}") from None
     return location
 
 

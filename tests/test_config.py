@@ -64,6 +64,14 @@ def test_a_toml_syntax_error_is_one_line_naming_the_file(tmp_path, capsys):
     assert "mine.toml" in line and "not valid TOML" in line
 
 
+def test_a_toml_file_that_is_not_utf8_is_one_line_naming_the_file(tmp_path, capsys):
+    args = train_with(tmp_path, "")
+    (tmp_path / "mine.toml").write_bytes(b"\xff\xfeepochs = 3\n")  # e.g. saved as UTF-16
+    assert main(args) == 2
+    line = one_error_line(capsys)
+    assert "mine.toml: not valid TOML (not UTF-8 text" in line, line
+
+
 @pytest.mark.parametrize("key", ["address", "out", "data", "run_name"])
 def test_a_recipe_file_cannot_say_where_the_run_goes(tmp_path, capsys, key):
     assert main(train_with(tmp_path, f'{key} = "elsewhere"')) == 2

@@ -321,6 +321,13 @@ def test_bad_arguments_raise_config_error(tmp_path, kwargs):
     assert not any(tmp_path.iterdir())  # validated before anything is written
 
 
+@pytest.mark.parametrize("where", ["a-file", "a-file/below", "x" * 300, "/proc/convplat-demo"])
+def test_an_out_that_cannot_be_written_is_a_config_error(tmp_path, where):
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"--out .*: cannot write there"):
+        make_demo_data(tmp_path / where, classes=2, voc=False)
+
+
 def test_default_generation_time(tmp_path, capsys):
     # Measured, not asserted: the budget is < 30 s on one core, but test machines are shared.
     cpu = time.process_time()

@@ -214,6 +214,23 @@ def test_user_mistakes_exit_2_with_one_line(workspace: Path, capsys):
     assert "RUN: " in err[3] and "--checkpoint" not in err[3]  # RUN is an argument here
 
 
+@pytest.mark.parametrize("out", ["a-file/below", "/proc/convplat-features"])
+def test_an_out_that_cannot_be_created_is_one_line(workspace: Path, tmp_path: Path, capsys, out):
+    run = str(workspace / "runs" / "alexnet-test")
+    (tmp_path / "a-file").write_text("not a directory")
+    args = ["features", run, str(workspace / "shards"), "--out", str(tmp_path / out)]
+    assert main([*args, "--executor", "local"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out: cannot create " in err[0], err
+
+
+def test_an_unknown_device_is_one_line(workspace: Path, capsys):
+    run = str(workspace / "runs" / "alexnet-test")
+    assert main(["features", run, str(workspace / "shards"), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["convplat: error: --device: expected cpu, cuda or cuda:N, got 'gpu'"]
+
+
 def test_each_task_writes_its_own_part_and_returns_only_counts(workspace: Path, monkeypatch):
     """The streaming contract: what a task hands back to the driver has no vectors in it, so
     the driver's memory does not grow with the number of images."""

@@ -42,6 +42,23 @@ def test_a_generated_name_that_exists_gets_a_suffix(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
 
 
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", ".", ".."])
+def test_a_run_name_that_is_a_path_is_refused(tmp_path: Path, name: str) -> None:
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConvplatError, match=r"expected a directory name, not a path"):
+        new_run_dir(str(tmp_path / "runs"), name)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["runs"]
+
+
+@pytest.mark.parametrize("parent", ["a-file", "a-file/below", "/proc/convplat-runs"])
+def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path: Path, parent) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(ConvplatError, match=r"cannot create .*/r1: "):
+        new_run_dir(str(tmp_path / parent), "r1")
+    with pytest.raises(ConvplatError, match=r"cannot create .*: File name too long"):
+        new_run_dir(str(tmp_path), "x" * 300)
+
+
 def test_run_and_output_dirs_keep_a_uri_scheme(tmp_path: Path) -> None:
     parent = f"file://{tmp_path}/runs"
     run = new_run_dir(parent, "r1")

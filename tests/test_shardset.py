@@ -144,6 +144,16 @@ def test_a_truncated_stats_file_is_one_line(tmp_path):
         load_stats(root)
 
 
+def test_a_file_given_for_the_shard_directory_is_one_line(tmp_path):
+    # `--data some.tar`: pyarrow raises NotADirectoryError, not FileNotFoundError.
+    shard_file = tmp_path / "train-000000.tar"
+    shard_file.write_bytes(b"x")
+    with pytest.raises(DatasetError, match=r"no manifest.json in .*train-000000.tar"):
+        read_manifest(shard_file)
+    with pytest.raises(DatasetError, match=r"no stats.npz in .*train-000000.tar"):
+        load_stats(shard_file)
+
+
 # --------------------------------------------------------------------------- full check
 def test_verify_rehashes_every_shard(tmp_path):
     root = make_shards(tmp_path, {"train": [3, 3], "val": [2]})

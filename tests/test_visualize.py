@@ -322,6 +322,47 @@ def test_run_on_a_uri_writes_beside_it_and_keeps_the_scheme(run_dir):
     assert (run_dir / "visualize" / "filters.png").is_file()
 
 
+@pytest.mark.parametrize("out", ["a-file", "a-file/below", "/proc/convplat-visualize"])
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, run_dir, capsys, out):
+    from convplat.cli.main import main
+
+    (tmp_path / "a-file").write_text("not a directory")
+    code = main(["visualize", "filters", str(run_dir), "--out", str(tmp_path / out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write " in err[0] and "filters.png" in err[0], err
+
+
+@pytest.mark.parametrize("content", [b"hello", b"\xff\xd8\xff\xe0 a cut JPEG"])
+def test_occlusion_of_a_file_that_is_not_an_image_is_one_line(tmp_path, run_dir, capsys, content):
+    from convplat.cli.main import main
+
+    (tmp_path / "photo.jpg").write_bytes(content)
+    assert main(["visualize", "occlusion", str(run_dir), str(tmp_path / "photo.jpg")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "photo.jpg: " in err[0] and "expected an image file" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--size", "0"], "--size: expected 1..224"),
+        (["--size", "225"], "--size: expected 1..224"),
+        (["--stride", "0"], "--stride: expected >= 1, got 0"),
+        (["--stride", "-8"], "--stride: expected >= 1, got -8"),
+    ],
+)
+def test_occlusion_square_out_of_range_is_one_line(tmp_path, run_dir, capsys, flags, expected):
+    from conftest import jpeg_bytes
+
+    from convplat.cli.main import main
+
+    (tmp_path / "cat.jpg").write_bytes(jpeg_bytes(64, 64, seed=1))
+    assert main(["visualize", "occlusion", str(run_dir), str(tmp_path / "cat.jpg"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
 def test_top_activations_match_brute_force():
     from convplat.visualize.top import top_activations
 

@@ -145,6 +145,8 @@ def load_toml(path: str | Path) -> dict:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text; tomllib decodes before parsing
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8 text: byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
 

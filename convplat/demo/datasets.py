@@ -289,7 +289,13 @@ def make_demo_data(
 
     imagenet, caltech, devkit = out / "imagenet", out / "caltech101", out / "VOCdevkit"
     roots = [imagenet, caltech, devkit] if voc else [imagenet, caltech]
-    earlier = {root: _claim_dir(root, params) for root in roots}
+    try:
+        earlier = {root: _claim_dir(root, params) for root in roots}
+    except OSError as exc:  # a file on the way, a read-only place, a name too long ...
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"--out {out}: cannot write there ({reason}); choose another --out"
+        ) from None
     _written.clear()
     with _progress(progress, total) as advance:
         inet = _write_imagenet(

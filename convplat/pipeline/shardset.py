@@ -118,7 +118,7 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict:
     location = resolve(shard_dir)
     try:
         payload = location.read_bytes(MANIFEST)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # missing, or a file given for the dir
         raise DatasetError(
             f"no manifest.json in {location.uri}: expected a directory written by "
             "`convplat prepare`"
@@ -136,7 +136,7 @@ def load_stats(shard_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     location = resolve(shard_dir)
     try:
         payload = location.read_bytes(STATS)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise DatasetError(
             f"no stats.npz in {location.uri}: expected a directory written by `convplat prepare`"
         ) from None

@@ -128,10 +128,17 @@ def new_run_dir(
     names belongs to someone. A generated name (a timestamp) that exists gets a ``-2``,
     ``-3`` ... suffix, so two runs started in the same second get two directories.
     """
+    if name in ("", ".", "..") or "/" in name:
+        raise ConvplatError(f"run name {name!r}: expected a directory name, not a path")
     parent = resolve(parent) if isinstance(parent, str) else parent
     for attempt in range(1, 1000):
         candidate = parent.child(name if attempt == 1 else f"{name}-{attempt}")
-        if claim_dir(candidate):
+        try:
+            claimed = claim_dir(candidate)
+        except OSError as exc:  # --out is a file, read-only, the name too long ...
+            reason = exc.strerror or str(exc)
+            raise ConvplatError(f"cannot create {candidate.uri}: {reason}") from None
+        if claimed:
             return candidate
         if given:
             raise ConvplatError(f"{candidate.uri} exists; {hint.format(dir=candidate.uri)}")

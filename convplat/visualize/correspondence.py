@@ -220,7 +220,13 @@ def run_correspondence(
     pixels, mapped through the preprocessing) or ``input`` (model-input pixels).
     """
     from convplat.pipeline.image import process_image
-    from convplat.visualize.runs import load_model, mean_stats, out_location, preprocess
+    from convplat.visualize.runs import (
+        load_model,
+        mean_stats,
+        out_location,
+        preprocess,
+        write_output,
+    )
 
     if len(images) < 2:
         raise ConvplatError(f"expected at least 2 images (the paper uses 5), got {len(images)}")
@@ -242,7 +248,9 @@ def run_correspondence(
         blobs.append(Path(path).read_bytes())
     model, config = load_model(run, weights=weights)
     size = model.input_size
-    inputs = torch.stack([preprocess(b, config, size) for b in blobs])  # (N, 3, size, size)
+    inputs = torch.stack(  # (N, 3, size, size)
+        [preprocess(b, config, size, name=str(p)) for p, b in zip(images, blobs, strict=True)]
+    )
     if coords == "image":
         frame = int(mean_stats(config)["mean"].shape[0])
         rects = [
@@ -265,5 +273,5 @@ def run_correspondence(
     )
     location = out_location(run, out)
     file = f"correspondence-{name}.json"
-    location.write_bytes(file, (json.dumps(result, indent=1) + "\n").encode())
+    write_output(location, file, (json.dumps(result, indent=1) + "\n").encode())
     return location.join(file), result

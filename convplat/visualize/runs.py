@@ -41,8 +41,18 @@ def out_location(run: str, out: str | None) -> Location:
 def _write(run: str, out: str | None, name: str, data: bytes) -> str:
     """Write ``name`` into :func:`out_location`; returns the file's URI."""
     location = out_location(run, out)
-    location.write_bytes(name, data)
+    write_output(location, name, data)
     return location.child(name).uri
+
+
+def write_output(location: Location, name: str, data: bytes) -> None:
+    """``location.write_bytes``; an --out that cannot be written -> one OutputError line."""
+    from convplat.pipeline.outdir import write_error
+
+    try:
+        location.write_bytes(name, data)
+    except OSError as exc:  # --out is a file, read-only, the name too long ...
+        raise write_error(location.child(name).uri, exc) from None
 
 
 def load_model(run: str, weights: str = "final") -> tuple[nn.Module, dict]:
@@ -85,16 +95,23 @@ def mean_stats(config: dict) -> dict[str, np.ndarray]:
     }
 
 
-def preprocess(image_bytes: bytes, config: dict, size: int) -> torch.Tensor:
+def preprocess(
+    image_bytes: bytes, config: dict, size: int, name: str = "the image"
+) -> torch.Tensor:
     """A raw image file as the run saw validation images: shorter side to the stats' frame
     (256), centre crop, centre ``size`` crop, mean subtraction, ``input_scale``; (3, size, size).
+    Bytes that are not an image -> one ConvplatError line naming ``name``.
     """
+    from convplat.errors import ImageDecodeError
     from convplat.pipeline.image import process_image
     from convplat.training.augment import BatchTransform, center_window, windows_tensor
 
     stats = mean_stats(config)
     frame = int(stats["mean"].shape[0])
-    pixels = process_image(image_bytes, frame).pixels  # (frame, frame, 3) uint8
+    try:
+        pixels = process_image(image_bytes, frame).pixels  # (frame, frame, 3) uint8
+    except ImageDecodeError as exc:
+        raise ConvplatError(f"{name}: {exc.reason}; expected an image file") from None
     top, left, flip = center_window(pixels.shape[0], pixels.shape[1], size)
     crop = torch.from_numpy(pixels[top : top + size, left : left + size].copy())[None]
     transform = BatchTransform.from_stats(
@@ -124,9 +141,13 @@ def run_occlusion(
     if not path.is_file():
         raise ConvplatError(f"expected an image file, got {image_path!r} (no such file)")
     model, config = load_model(run, weights=weights)
-    image = preprocess(path.read_bytes(), config, model.input_size)
+    image = preprocess(path.read_bytes(), config, model.input_size, name=image_path)
     if label is not None and not 0 <= label < model.num_classes:
         raise ConvplatError(f"expected --label in 0..{model.num_classes - 1}, got {label}")
+    if not 1 <= size <= model.input_size:
+        raise ConfigError(f"--size: expected 1..{model.input_size} (the input size), got {size}")
+    if stride < 1:
+        raise ConfigError(f"--stride: expected >= 1, got {stride}")
     maps = occlusion(model, image, label, size=size, stride=stride, batch_size=batch_size)
     return _write(run, out, f"occlusion-{path.stem}.png", occlusion_png(image, maps))
 
