@@ -102,6 +102,28 @@ def test_python_api_values_are_type_checked_too():
     assert TransferConfig(modes="head,scratch").modes == ("head", "scratch")
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--lr", "inf"], "--lr: expected a finite value > 0, got inf"),
+        (["--weight-decay", "inf"], "--weight-decay: expected a finite value >= 0"),
+        (["--seed", "-1"], "--seed: expected >= 0, got -1"),
+        (["--max-failures", "-2"], "--max-failures: expected >= 0, or -1 for no limit"),
+        (["--cpus-per-worker", "-1"], "--cpus-per-worker: expected >= 0"),
+        (["--limit-train-batches", "-1"], "--limit-train-batches: expected >= 0 (0: all)"),
+        (["--limit-val-batches", "-1"], "--limit-val-batches: expected >= 0 (0: all)"),
+    ],
+)
+def test_values_that_would_fail_only_after_training_starts_are_refused(
+    tmp_path, capsys, flags, expected
+):
+    # --lr inf trained an epoch of nan losses and two worker restarts before failing.
+    assert main(["train", "alexnet", "--data", str(tmp_path), *flags]) == 2
+    assert expected in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+    assert TrainConfig(max_failures=-1).max_failures == -1  # Ray's "no limit" stays allowed
+
+
 def test_one_validator_for_the_shared_settings():
     """world_size / per_worker_batch and the choices are defined once and shared."""
     from convplat.config import EXECUTORS, OPTIMIZERS, WorkerScale
