@@ -243,6 +243,20 @@ def test_unknown_model_and_missing_shards_fail_cleanly(capsys, tmp_path):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_shards_smaller_than_the_crops_are_refused_before_anything_starts(tmp_path, capsys):
+    from convplat.cli.main import main
+
+    make_imagenet_tree(tmp_path / "raw", classes=2, train_per_class=3, val_per_class=1)
+    small = tmp_path / "small"
+    prepare(PrepareConfig(source=str(tmp_path / "raw"), out=str(small), size=64, progress=False))
+    runs = tmp_path / "runs"
+    args = ["--data", str(small), "--out", str(runs), "--batch-size", "2"]
+    assert main(["train", "overfeat_fast", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "64x64, smaller than overfeat_fast's 231x231 crops" in err[0]
+    assert not runs.exists()  # refused before the run directory (and the cluster)
+
+
 def test_visualize_commands_on_a_trained_run(trained, tmp_path):
     from conftest import jpeg_bytes
     from PIL import Image

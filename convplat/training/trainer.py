@@ -70,6 +70,7 @@ def fit(config: TrainConfig, resume: str | None = None) -> str:
             f"training samples, fewer than one batch of {config.batch_size}; "
             "lower --batch-size"
         )
+    _check_crop(config, manifest)
     scaling = check_scaling(config)
     if resume:
         run = resolve(resume)
@@ -93,6 +94,19 @@ def fit(config: TrainConfig, resume: str | None = None) -> str:
         scaling=scaling,
     )
     return run.uri
+
+
+def _check_crop(config: TrainConfig, manifest: dict) -> None:
+    """Shards smaller than the model's crops fail in the loader, on the workers, after the
+    cluster started and the run directory was made: say so before either."""
+    from convplat.training.models import input_size
+
+    crop, size = input_size(config.model), manifest["size"]
+    if crop > size:
+        raise DatasetError(
+            f"{config.data}: its images are {size}x{size}, smaller than {config.model}'s "
+            f"{crop}x{crop} crops; prepare them with --size {crop} or more (the papers: 256)"
+        )
 
 
 # --- the worker -------------------------------------------------------------------------------

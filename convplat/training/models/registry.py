@@ -69,6 +69,14 @@ def create_model(name: str, num_classes: int = 1000, **kw) -> ConvNet:
     return builder(num_classes=num_classes, **kw)
 
 
+@functools.cache
+def input_size(name: str) -> int:
+    """The side of the square crops ``name`` trains on, from a build on the meta device (no
+    weights allocated), so a command can check its shards before it starts a cluster."""
+    with torch.device("meta"):
+        return create_model(name, num_classes=1).input_size
+
+
 def count_macs(model: nn.Module, images: torch.Tensor) -> int:
     """Multiply-adds per image of every Conv2d and Linear in one forward pass (via hooks)."""
     total = 0
