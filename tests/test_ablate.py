@@ -79,12 +79,18 @@ def test_user_mistakes_exit_2_before_any_job(tmp_path: Path, shards: str, capsys
     assert main(["ablate", "zfnet", "resnet50", *out]) == 2
     assert main(["ablate", "zfnet", "--parallel", "-1", *out]) == 2
     assert main(["ablate", "zfnet", "--config", "nope", *out]) == 2
-    assert main(["ablate", "zfnet", "--gpus", "1", *out]) == 2  # the resource check
+    assert main(["ablate", "zfnet", "--gpus", "1", "--batch-size", "4", *out]) == 2  # resources
+    not_shards = tmp_path / "not-shards.txt"
+    not_shards.write_text("")
+    bad_data = ["--out", str(tmp_path / "runs"), "--data", str(not_shards)]
+    assert main(["ablate", "zfnet", *bad_data]) == 2  # wrote a table of pending rows first
+    assert main(["ablate", "zfnet", *out[:2], "--data", shards, "--batch-size", "64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("convplat: error:") for line in err)
+    assert len(err) == 6 and all(line.startswith("convplat: error:") for line in err)
     assert "resnet50" in err[0] and "--parallel" in err[1] and "nope" in err[2]
-    assert "--gpus 1" in err[3]
-    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+    assert "--gpus 1" in err[3] and "no manifest.json" in err[4]
+    assert "fewer than one batch of 64" in err[5]
+    assert list(tmp_path.iterdir()) == [not_shards]  # nothing started, nothing written
 
 
 def test_an_existing_study_name_is_refused(tmp_path: Path, shards: str, capsys):

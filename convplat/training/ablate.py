@@ -94,6 +94,7 @@ def ablate(
         The table: ``dir``, ``parallel``, ``rows`` (one dict per variant, in the given order).
     """
     from convplat.training.raytrain import check_scaling, new_run_dir, run_name
+    from convplat.training.trainer import check_shards
 
     names = expand_variants(variants)
     if parallel < 0:
@@ -107,6 +108,8 @@ def ablate(
         n: resolve_train_config(n, config_file, {**overrides, "out": out, "run_name": n})
         for n in names
     }  # every name and option checked before any job starts
+    for config in configs.values():  # and the shards, for each model's crops
+        check_shards(config)
     check_scaling(next(iter(configs.values())))  # and the cluster: nothing written before
     location = new_run_dir(out, name, given=given, hint="choose another --name")
     name = run_name(location)

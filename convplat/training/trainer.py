@@ -59,18 +59,9 @@ def fit(config: TrainConfig, resume: str | None = None) -> str:
     directory; pass :func:`resume_config` as ``config``), training continues at the epoch
     after the run's latest checkpoint, with the identical schedule.
     """
-    from convplat.pipeline.shardset import read_manifest
-
     # Workers run elsewhere (another cwd, maybe another node): pass absolute paths or URIs.
     config = dataclasses.replace(config, data=resolve(config.data).uri)
-    manifest = read_manifest(config.data)
-    if manifest["splits"].get("train", {}).get("count", 0) < config.batch_size:
-        raise DatasetError(
-            f"{config.data}: {manifest['splits'].get('train', {}).get('count', 0)} "
-            f"training samples, fewer than one batch of {config.batch_size}; "
-            "lower --batch-size"
-        )
-    _check_crop(config, manifest)
+    manifest = check_shards(config)
     scaling = check_scaling(config)
     if resume:
         run = resolve(resume)
@@ -96,17 +87,27 @@ def fit(config: TrainConfig, resume: str | None = None) -> str:
     return run.uri
 
 
-def _check_crop(config: TrainConfig, manifest: dict) -> None:
-    """Shards smaller than the model's crops fail in the loader, on the workers, after the
-    cluster started and the run directory was made: say so before either."""
+def check_shards(config: TrainConfig) -> dict:
+    """``config.data``'s manifest, once the shards are known to fit the run: at least one
+    batch of training samples, and images no smaller than the model's crops (both would
+    fail on the workers, after the cluster started and the run directory was made)."""
+    from convplat.pipeline.shardset import read_manifest
     from convplat.training.models import input_size
 
+    manifest = read_manifest(config.data)
+    count = manifest["splits"].get("train", {}).get("count", 0)
+    if count < config.batch_size:
+        raise DatasetError(
+            f"{config.data}: {count} training samples, fewer than one batch of "
+            f"{config.batch_size}; lower --batch-size"
+        )
     crop, size = input_size(config.model), manifest["size"]
     if crop > size:
         raise DatasetError(
             f"{config.data}: its images are {size}x{size}, smaller than {config.model}'s "
             f"{crop}x{crop} crops; prepare them with --size {crop} or more (the papers: 256)"
         )
+    return manifest
 
 
 # --- the worker -------------------------------------------------------------------------------
