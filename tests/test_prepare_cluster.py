@@ -15,6 +15,7 @@ from conftest import make_imagenet_tree
 
 from convplat.config import PrepareConfig
 from convplat.pipeline import prepare
+from convplat.pipeline.outdir import PARTS_DIR
 
 ARGS = ["--size", "32", "--shard-size", "2"]
 
@@ -46,8 +47,10 @@ def test_killed_prepare_resumes_byte_identical(tmp_path, ray_session):
     proc = cli(
         "prepare", str(root), "--out", str(out), "--num-cpus", "1", *ARGS, start_new_session=True
     )
+    # Complete shards: a tar is renamed into place before its sidecars, so a kill between the
+    # two leaves a tar that the resumed run rightly writes again.
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.glob("*.tar"))) < 3:
+    while time.monotonic() < deadline and len(list((out / PARTS_DIR).glob("*.json"))) < 3:
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
