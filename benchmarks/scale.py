@@ -543,6 +543,8 @@ def main() -> None:
     parser.add_argument("--clean", action="store_true", help="remove the work folder at the end")
     args = parser.parse_args()
     set_work(args.work)
+    if args.warm_images < 0:
+        raise SystemExit(f"--warm-images: expected >= 0 (0: no warm-up), got {args.warm_images}")
     stages = [s.strip() for s in args.stage.split(",") if s.strip()]
     unknown = [s for s in stages if s not in RUNNERS]
     if unknown or not stages:

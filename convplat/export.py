@@ -38,6 +38,7 @@ import torch
 
 from convplat.cluster import RAY_MIN_IMAGES, use_ray
 from convplat.config import EXECUTORS
+from convplat.config.validate import check_device
 from convplat.errors import ConfigError, DatasetError
 from convplat.pipeline.outdir import OutputError
 from convplat.pipeline.readers import IMAGE_EXTENSIONS, read_dataset
@@ -223,8 +224,7 @@ def extract(
         raise ConfigError(f"--pool: expected one of {', '.join(POOLS)}, got {pool!r}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size: expected >= 1, got {batch_size}")
-    if device is not None and re.fullmatch(r"cpu|cuda(:\d+)?|mps", device) is None:
-        raise ConfigError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    check_device(device)
     checkpoint = load_checkpoint(run, option="RUN")
     with torch.device("meta"):
         shape_model = build_network(checkpoint.model, num_classes=checkpoint.num_classes)

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from convplat.config.shared import EXECUTORS
-from convplat.config.validate import as_tuple, check, check_fields, choice
+from convplat.config.validate import as_tuple, check, check_device, check_fields, choice
 from convplat.errors import ConfigError
 
 DATASETS = ("caltech101", "caltech256", "voc2012")  # plus "folder:PATH"
@@ -153,10 +153,7 @@ class TransferConfig:
         check(
             self.ray_min_images >= 1, f"--ray-min-images: expected >= 1, got {self.ray_min_images}"
         )
-        check(
-            self.device is None or re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None,
-            f"--device: expected cpu, cuda or cuda:N, got {self.device!r}",
-        )
+        check_device(self.device)
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)

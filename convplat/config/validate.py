@@ -32,6 +32,15 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_device(device: str | None) -> None:
+    """``--device``: None (pick one), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; checked before
+    any work, since torch only rejects a bad name when the model moves there."""
+    check(
+        device is None or re.fullmatch(r"cpu|cuda(:\d+)?|mps", device) is not None,
+        f"--device: expected cpu, cuda or cuda:N, got {device!r}",
+    )
+
+
 def choice(flag: str, value: object, choices: Sequence[str]) -> None:
     """``value`` must be one of ``choices``: ``--flag: expected one of a, b, got 'c'``."""
     check(value in choices, f"{flag}: expected one of {', '.join(choices)}, got {value!r}")

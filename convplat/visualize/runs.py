@@ -140,14 +140,14 @@ def run_occlusion(
     path = Path(image_path)
     if not path.is_file():
         raise ConvplatError(f"expected an image file, got {image_path!r} (no such file)")
+    if stride < 1:
+        raise ConfigError(f"--stride: expected >= 1, got {stride}")
     model, config = load_model(run, weights=weights)
     image = preprocess(path.read_bytes(), config, model.input_size, name=image_path)
     if label is not None and not 0 <= label < model.num_classes:
         raise ConvplatError(f"expected --label in 0..{model.num_classes - 1}, got {label}")
     if not 1 <= size <= model.input_size:
         raise ConfigError(f"--size: expected 1..{model.input_size} (the input size), got {size}")
-    if stride < 1:
-        raise ConfigError(f"--stride: expected >= 1, got {stride}")
     maps = occlusion(model, image, label, size=size, stride=stride, batch_size=batch_size)
     return _write(run, out, f"occlusion-{path.stem}.png", occlusion_png(image, maps))
 
