@@ -17,9 +17,10 @@ features  ``convplat features`` (``extract(..., executor="ray")``) of AlexNet's 
 loader    one epoch of ``convplat.training.data.TrainLoader`` over 16, 64, 256, 1,024 train
           shards of 16 images each (``--size 64``, random 56 crops, batch 32, one loader
           process) with the trainer's float transform (``BatchTransform(reuse_output=True)``,
-          mean window, PCA lighting, flip) applied to every batch. Time: the second epoch (the
-          loader processes up, as for every epoch of a run after the first); the first
-          epoch, which includes starting the loader process, is printed beside it.
+          mean window, PCA lighting, flip) applied to every batch. Time: the median of epochs
+          2-6 (the loader processes up, as for every epoch of a run after the first; one
+          4k-image epoch takes ~0.6 s, and single epochs move by +-10 % on two cores); the
+          first epoch, which includes starting the loader process, is printed beside it.
 
 How memory is measured: every size runs in a fresh child process (``--child``), and its driver
 peak RSS is that process's own high-water mark, ``VmHWM`` in ``/proc/self/status`` (it cannot be
@@ -78,7 +79,7 @@ CLASSES = 10
 STAGES = ("prepare", "features", "loader")
 FEATURE_MODEL, FEATURE_LAYER, FEATURE_POOL = "alexnet", "conv1", "avg"
 LOADER_BATCH, LOADER_CROP, LOADER_SIZE, LOADER_WORKERS = 32, 56, 64, 1
-LOADER_EPOCHS = 3  # timed epochs after the first; their median is the row's time
+LOADER_EPOCHS = 5  # timed epochs after the first; their median is the row's time
 
 
 def set_work(path: Path) -> None:
@@ -397,7 +398,7 @@ def stage_loader(args) -> list[dict]:
     title = (
         f"TrainLoader epoch: shards of {per} images at --size {LOADER_SIZE}, crop {LOADER_CROP}, "
         f"batch {LOADER_BATCH}, {LOADER_WORKERS} loader process, float batches "
-        "(BatchTransform, reused output); median of epochs 2-4"
+        "(BatchTransform, reused output); median of epochs 2-6"
     )
     print(title, HEADER, sep="\n", flush=True)
     rows = []
