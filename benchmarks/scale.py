@@ -46,7 +46,10 @@ is still amortising (time per item falling) from growth (marginal cost rising).
 Repeats: a size whose first run takes under ``--repeat-under`` (10 s) runs ``--repeats`` (3)
 times in all, each in a fresh child process; its row prints the median time and the largest
 memory figures. A 1-s run on two cores moves by ~15 % between runs, enough to swing the
-per-item comparison at 4k items either way.
+per-item comparison at 4k items either way. The runs go in rounds (every size, then every
+short size again, ...), so that a slow spell of the shared machine, which can last tens of
+seconds, does not land on all the runs of one size: it once made the loader's 16k row 21 %
+slower per item than its 4k row while other runs of the same code gave 1.03-1.04.
 
 Usage: python benchmarks/scale.py [--stage prepare,features,loader]
        [--sizes 1000,4000,16000,64000] [--image-size 64] [--shard-size 500] [--warm-images 1000]
@@ -331,27 +334,38 @@ def in_child(stage: str, *args) -> dict:
     return result
 
 
-def repeated(stage: str, args, *child_args, fresh: Path | None = None) -> dict:
-    """``in_child`` once, and again up to ``args.repeats`` runs while a run is shorter than
-    ``args.repeat_under`` seconds: the median time (a 1-s run on a 2-core machine moves by
-    ~15 % from run to run), the largest memory figures. ``fresh`` is removed before each run
-    and after the last (prepare resumes into an existing output)."""
-    runs: list[dict] = []
-    while True:
-        if fresh is not None:
-            shutil.rmtree(fresh, ignore_errors=True)
-        runs.append(in_child(stage, *child_args))
-        if len(runs) >= args.repeats or runs[0]["seconds"] >= args.repeat_under:
-            break
-    if fresh is not None:
-        shutil.rmtree(fresh, ignore_errors=True)
-    row = dict(runs[0])
-    row["seconds"] = statistics.median(r["seconds"] for r in runs)
-    for key in ("rss_kb", "store_kb", "loader_kb"):
-        if key in row:
-            row[key] = max(r[key] for r in runs)
-    row["runs"] = len(runs)
-    return row
+def measured(stage: str, args, jobs: list[tuple[tuple, Path | None]]) -> list[dict]:
+    """Each job's ``in_child`` run, in rounds: every size once, then again, in the same order,
+    those whose first run was shorter than ``args.repeat_under`` seconds, up to
+    ``args.repeats`` runs. Interleaved, so a slow spell of a shared machine (tens of seconds)
+    falls on every size rather than on all runs of one. A row has the median time and the
+    largest memory figures of its runs. ``fresh`` (a job's output) is removed before each
+    run and after it (prepare resumes into an existing output)."""
+    runs: list[list[dict]] = [[] for _ in jobs]
+    for round_ in range(max(1, args.repeats)):
+        for (child_args, fresh), done in zip(jobs, runs, strict=True):
+            if done and done[0]["seconds"] >= args.repeat_under:
+                continue
+            if fresh is not None:
+                shutil.rmtree(fresh, ignore_errors=True)
+            done.append(in_child(stage, *child_args))
+            if fresh is not None:
+                shutil.rmtree(fresh, ignore_errors=True)
+            print(
+                f"  round {round_ + 1}: {done[-1]['items']} items {done[-1]['seconds']:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    rows = []
+    for done in runs:
+        row = dict(done[0])
+        row["seconds"] = statistics.median(r["seconds"] for r in done)
+        for key in ("rss_kb", "store_kb", "loader_kb"):
+            if key in row:
+                row[key] = max(r[key] for r in done)
+        row["runs"] = len(done)
+        rows.append(row)
+    return rows
 
 
 # --- the stages ---------------------------------------------------------------------------------
@@ -363,15 +377,12 @@ def stage_prepare(args) -> list[dict]:
         f"prepare --size {args.image_size} --shard-size {args.shard_size}, {args.cpus} CPUs, "
         "320x240 JPEG sources"
     )
-    print(title, HEADER, sep="\n", flush=True)
-    rows = []
+    warm = make_sources(args.warm_images) if args.warm_images else ""
+    jobs = []
     for count in sizes:
         source, out = make_sources(count), WORK / f"out-{count}"
-        warm = make_sources(args.warm_images) if args.warm_images else ""
-        child = (source, out, args.image_size, args.shard_size, args.cpus, warm)
-        rows.append(repeated("prepare", args, *child, fresh=out))
-        print_row(rows[-1], "images")
-    return rows
+        jobs.append(((source, out, args.image_size, args.shard_size, args.cpus, warm), out))
+    return print_rows(title, measured("prepare", args, jobs))
 
 
 def stage_features(args) -> list[dict]:
@@ -382,14 +393,11 @@ def stage_features(args) -> list[dict]:
         f"features {FEATURE_MODEL} {FEATURE_LAYER} (--pool {FEATURE_POOL}) over 256x256 shards of "
         f"{args.feature_shard_size}, --executor ray, {args.cpus} CPUs"
     )
-    print(title, HEADER, sep="\n", flush=True)
-    rows = []
+    jobs = []
     for count in sizes:
         out = WORK / f"features-out-{count}.parquet"
-        child = (run, sets[count] / "shards", out, args.cpus)
-        rows.append(repeated("features", args, *child, fresh=out))
-        print_row(rows[-1], "images")
-    return rows
+        jobs.append(((run, sets[count] / "shards", out, args.cpus), out))
+    return print_rows(title, measured("features", args, jobs))
 
 
 def stage_loader(args) -> list[dict]:
@@ -400,15 +408,14 @@ def stage_loader(args) -> list[dict]:
         f"batch {LOADER_BATCH}, {LOADER_WORKERS} loader process, float batches "
         "(BatchTransform, reused output); median of epochs 2-6"
     )
-    print(title, HEADER, sep="\n", flush=True)
-    rows = []
+    jobs = []
     for shards in counts:
         made = make_shards(f"loader-{shards}", shards * per, LOADER_SIZE, per, val_every=0)
-        row = repeated("loader", args, made / "shards")
+        jobs.append(((made / "shards",), None))
+    rows = measured("loader", args, jobs)
+    for row, shards in zip(rows, counts, strict=True):
         row["shards"] = shards
-        rows.append(row)
-        print_row(row, "images")
-    return rows
+    return print_rows(title, rows)
 
 
 # --- printing ------------------------------------------------------------------------------------
@@ -419,8 +426,16 @@ HEADER = (
 )
 
 
-def print_row(r: dict, unit: str) -> None:
-    """Print one size's row as soon as it is measured."""
+def print_rows(title: str, rows: list[dict]) -> list[dict]:
+    """Print a stage's table (each run was announced on stderr as it finished)."""
+    print(title, HEADER, sep="\n", flush=True)
+    for row in rows:
+        print_row(row)
+    return rows
+
+
+def print_row(r: dict) -> None:
+    """Print one size's row."""
     store = f"{r['store_kb'] / 1024:>14.1f}" if "store_kb" in r else f"{'-':>14}"
     extra = []
     if "shards" in r:
