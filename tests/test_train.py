@@ -111,6 +111,31 @@ def test_evaluate_center_and_ten_crop(trained):
     assert (trained / "eval-ten-crop-val.json").is_file()
 
 
+def test_evaluate_decodes_in_loader_processes_by_default(trained, monkeypatch, capsys):
+    import convplat.training.data as data
+    from convplat.cli.main import main
+
+    asked = []
+    original = data.eval_loader
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["num_workers"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(data, "eval_loader", recording)
+    monkeypatch.setattr(data, "default_num_workers", lambda: 2)  # as on a 3-CPU machine
+    default = evaluate(str(trained), batch_size=4)
+    in_process = evaluate(str(trained), batch_size=4, num_workers=0)
+    assert asked == [2, 0]  # before: 0, with no way to ask for more
+    assert default["count"] == in_process["count"] == 9
+    assert default["top1_err"] == in_process["top1_err"]
+    assert main(["evaluate", str(trained), "--loader-workers", "1", "--batch-size", "4"]) == 0
+    assert main(["evaluate", str(trained), "--loader-workers", "-2"]) == 2
+    assert asked == [2, 0, 1]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--loader-workers: expected >= -1, got -2" in err[0]
+
+
 def test_resume_continues_at_next_epoch_with_same_schedule(trained, shards):
     run = trained
     config = resume_config(str(run), {"epochs": 3})

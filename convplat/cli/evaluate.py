@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from convplat.cli import options
 from convplat.cli.common import console, defaults, given
 
 
@@ -41,9 +42,10 @@ def evaluate_command(
             "large --size), or a dataset directory."
         ),
     ] = None,
+    loader_workers: options.EvalLoaderWorkers = None,
 ) -> None:
     """Top-1/top-5 error of a trained run (centre crop, ten-crop or OverFeat dense)."""
-    values = given(locals(), exclude=("run",))
+    values = given(locals(), exclude=("run",), rename={"loader_workers": "num_workers"})
     from convplat.training import evaluate as run_evaluate
     from convplat.training.checkpoints import newest_run
 

@@ -30,7 +30,7 @@ def evaluate(
     split: str = "val",
     batch_size: int = 64,
     weights: str = "final",
-    num_workers: int = 0,
+    num_workers: int | None = None,
     device: str | None = None,
     *,
     scales: str | Sequence = "paper",
@@ -49,15 +49,21 @@ def evaluate(
     the shards, or a dataset directory). Dense mode normalises with the per-channel mean
     (``rgb_mean`` of stats.npz): the 256x256 per-pixel mean image has no counterpart at other
     sizes; it scores one image (and its mirror) per pass, so ``batch_size`` does not apply.
+    ``num_workers``: decoding processes for center and ten-crop (None or -1: one fewer than
+    the CPUs, at most 8, as in training; 0: decode in this process).
     Writes ``eval-<mode>-<split>.json`` into the run directory and returns the metrics.
     """
     from convplat.pipeline.shardset import load_stats
     from convplat.training.augment import BatchTransform, TenCrop
-    from convplat.training.data import eval_loader
+    from convplat.training.data import default_num_workers, eval_loader
     from convplat.training.loop import evaluate_batches
 
     if mode not in MODES:
         raise ConfigError(f"--mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if num_workers is not None and num_workers < -1:
+        raise ConfigError(f"--loader-workers: expected >= -1, got {num_workers}")
+    if num_workers is None or num_workers == -1:
+        num_workers = default_num_workers()
     if mode == "dense":  # before the model is loaded: a typo fails at once
         from convplat.training.dense import STRIDES, parse_scales
 
