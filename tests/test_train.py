@@ -136,6 +136,26 @@ def test_evaluate_decodes_in_loader_processes_by_default(trained, monkeypatch, c
     assert len(err) == 1 and "--loader-workers: expected >= -1, got -2" in err[0]
 
 
+def test_a_run_without_final_weights_is_evaluated_from_its_checkpoint_and_says_so(
+    trained, tmp_path, capsys
+):
+    import shutil
+
+    from convplat.cli.main import main
+
+    run = tmp_path / trained.name
+    shutil.copytree(trained, run)
+    (run / "model.safetensors").unlink()  # as a run stopped before its end
+    assert main(["evaluate", str(run), "--batch-size", "4", "--loader-workers", "0"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no model.safetensors; using the weights of its latest" in err[0]
+    assert "checkpoints/epoch-002/model.safetensors" in err[0]  # before: nothing said
+    shutil.rmtree(run / "checkpoints")
+    assert main(["evaluate", str(run), "--loader-workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no model.safetensors and no checkpoint" in err[0]
+
+
 def test_resume_continues_at_next_epoch_with_same_schedule(trained, shards):
     run = trained
     config = resume_config(str(run), {"epochs": 3})

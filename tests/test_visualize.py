@@ -673,3 +673,13 @@ def test_summarize_drops_needs_a_real_paired_drop_not_only_a_ratio():
     summary = summarize_drops([box_drops(maps, clean, [(0, 0, 8, 8)])])
     assert summary.covers == pytest.approx((clean - 0.5) / 4, rel=1e-4)
     assert summary.paired == 1.0 and summary.off == pytest.approx(0, abs=1e-9)
+
+
+@pytest.mark.parametrize(("name", "what"), [("photos", "a directory"), ("gone.jpg", "no such")])
+def test_occlusion_of_a_directory_or_nothing_says_which(tmp_path, run_dir, capsys, name, what):
+    from convplat.cli.main import main
+
+    (tmp_path / "photos").mkdir()
+    assert main(["visualize", "occlusion", str(run_dir), str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"expected an image file, got '{tmp_path / name}' ({what}" in err[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -176,7 +177,11 @@ def _is_classifier_run(config: Path) -> bool:
 
 
 def load_run_model(run_dir: str, weights: str = "final") -> tuple[nn.Module, dict]:
-    """Rebuild a run's model and load its ``final`` / ``best`` / ``latest`` weights."""
+    """Rebuild a run's model and load its ``final`` / ``best`` / ``latest`` weights.
+
+    A run without the asked-for file (stopped before its end) gives its latest checkpoint's
+    weights, and says so on stderr: a result must not pass for the final model's silently.
+    """
     from convplat.training.models import create_model
 
     if weights not in WEIGHTS_CHOICES:
@@ -191,12 +196,17 @@ def load_run_model(run_dir: str, weights: str = "final") -> tuple[nn.Module, dic
             raise ConvplatError(f"{run_dir} has no checkpoint yet")
         name = checkpoint[len(location.path) + 1 :] + "/" + FINAL_WEIGHTS
     else:
-        name = FINAL_WEIGHTS if weights == "final" else BEST_WEIGHTS
+        asked = name = FINAL_WEIGHTS if weights == "final" else BEST_WEIGHTS
         if not location.exists(name):
             fallback = latest_checkpoint(run_dir)
             if fallback is None:
                 raise ConvplatError(f"{run_dir} has no {name} and no checkpoint")
             name = fallback[len(location.path) + 1 :] + "/" + FINAL_WEIGHTS
+            print(
+                f"convplat: {run_dir} has no {asked}; using the weights of its "
+                f"latest checkpoint, {name}",
+                file=sys.stderr,
+            )
     model = create_model(config["model"], num_classes=config["num_classes"])
     load_weights(model, location.read_bytes(name), location.child(name).uri)
     return model.eval(), config

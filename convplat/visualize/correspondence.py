@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -221,6 +220,7 @@ def run_correspondence(
     """
     from convplat.pipeline.image import process_image
     from convplat.visualize.runs import (
+        image_file,
         load_model,
         mean_stats,
         out_location,
@@ -243,9 +243,7 @@ def run_correspondence(
     rects = [parse_mask(m) for m in masks] * (len(images) if len(masks) == 1 else 1)
     blobs = []
     for path in images:
-        if not Path(path).is_file():
-            raise ConvplatError(f"expected an image file, got {path!r} (no such file)")
-        blobs.append(Path(path).read_bytes())
+        blobs.append(image_file(path).read_bytes())
     model, config = load_model(run, weights=weights)
     size = model.input_size
     inputs = torch.stack(  # (N, 3, size, size)

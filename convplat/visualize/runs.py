@@ -95,6 +95,15 @@ def mean_stats(config: dict) -> dict[str, np.ndarray]:
     }
 
 
+def image_file(name: str) -> Path:
+    """``name`` as a Path when it is a file; else one ConvplatError saying what it is."""
+    path = Path(name)
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "no such file"
+        raise ConvplatError(f"expected an image file, got {name!r} ({what})")
+    return path
+
+
 def preprocess(
     image_bytes: bytes, config: dict, size: int, name: str = "the image"
 ) -> torch.Tensor:
@@ -137,9 +146,7 @@ def run_occlusion(
     batch_size: int = 64,
 ) -> str:
     """``convplat visualize occlusion RUN IMAGE``: Fig. 7 maps -> ``occlusion-<image>.png``."""
-    path = Path(image_path)
-    if not path.is_file():
-        raise ConvplatError(f"expected an image file, got {image_path!r} (no such file)")
+    path = image_file(image_path)
     if stride < 1:
         raise ConfigError(f"--stride: expected >= 1, got {stride}")
     model, config = load_model(run, weights=weights)
