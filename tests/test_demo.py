@@ -379,3 +379,23 @@ def test_distractors_only_where_one_object_is_labelled(folder_set, ilsvrc_set):
 
     assert recorded(folder_set[0]) == 3
     assert recorded(ilsvrc_set[0]) == 0
+
+
+def test_an_out_inside_a_dataset_is_refused(tmp_path):
+    args = dict(classes=2, train_per_class=1, val_per_class=1, caltech_per_class=1, voc=False)
+    make_demo_data(tmp_path / "data", **args)
+    mine = tmp_path / "mine"
+    (mine / "train" / "n01440764").mkdir(parents=True)
+    (mine / "val").mkdir()
+    inside = [
+        (tmp_path / "data" / "imagenet" / "train", "a dataset demo-data wrote"),
+        (tmp_path / "data" / "imagenet", "a dataset demo-data wrote"),
+        (mine / "train", "class folders such as n01440764"),
+        (mine / "val", "a split of a dataset"),
+    ]
+    for out, why in inside:
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        with pytest.raises(ConfigError, match=why):  # before: imagenet/, caltech101/ added there
+            make_demo_data(out, **args)
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, out
+    make_demo_data(tmp_path / "data", **args)  # a re-run in the same place is still fine

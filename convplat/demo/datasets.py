@@ -103,6 +103,34 @@ def _write(path: Path, data: bytes | str) -> None:
     _written.add(path)
 
 
+_SPLIT_NAMES = ("train", "val", "test")
+
+
+def _check_not_in_a_dataset(out: Path) -> None:
+    """Refuse an ``out`` inside a dataset tree: its new ``imagenet/``, ``caltech101/`` folders
+    would become classes of that dataset the next time it is read (``prepare``, ``transfer``).
+    A tree demo-data wrote carries its marker; another is told by class folders named like
+    WordNet ids (``n01440764``) or by ``out`` being a split folder of a tree."""
+    here = out.resolve()
+    for parent in (here, *here.parents):
+        if (parent / MARKER).is_file():
+            raise ConfigError(
+                f"--out {out} is inside {parent}, a dataset demo-data wrote; choose another --out"
+            )
+    if here.is_dir():
+        named = [p.name for p in here.iterdir() if p.is_dir()]
+        wnids = [n for n in named if len(n) == 9 and n[0] == "n" and n[1:].isdigit()]
+        split = here.name in _SPLIT_NAMES and any(
+            (here.parent / name).is_dir() for name in _SPLIT_NAMES if name != here.name
+        )
+        if wnids or split:
+            what = f"class folders such as {wnids[0]}" if wnids else "a split of a dataset"
+            raise ConfigError(
+                f"--out {out} looks like a dataset ({what}): demo-data's folders would become "
+                "classes of it; choose another --out"
+            )
+
+
 def _claim_dir(path: Path, params: dict) -> list[str]:
     """Make ``path`` ready for writing and return the files an earlier demo-data wrote there.
 
@@ -290,6 +318,7 @@ def make_demo_data(
     imagenet, caltech, devkit = out / "imagenet", out / "caltech101", out / "VOCdevkit"
     roots = [imagenet, caltech, devkit] if voc else [imagenet, caltech]
     try:
+        _check_not_in_a_dataset(out)
         earlier = {root: _claim_dir(root, params) for root in roots}
     except OSError as exc:  # a file on the way, a read-only place, a name too long ...
         reason = exc.strerror or str(exc)
