@@ -361,18 +361,24 @@ def test_no_batch_is_decoded_only_to_be_dropped_at_the_end_of_an_epoch(shards, m
         assert int(decoded) == 18, workers  # before: + up to 2 prefetched batches per worker
 
 
-def test_the_shuffle_buffer_is_not_filled_before_the_first_batch(shards, monkeypatch):
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The keys of the raw samples read from shards (in-process loaders), in order."""
     from convplat.pipeline.shardset import ShardSet
 
-    reads = []
+    keys: list[str] = []
     original = ShardSet.read_samples
 
     def counting(self, task, *args):
         for sample in original(self, task, *args):
-            reads.append(sample["__key__"])
+            keys.append(sample["__key__"])
             yield sample
 
     monkeypatch.setattr(ShardSet, "read_samples", counting)
+    return keys
+
+
+def test_the_shuffle_buffer_is_not_filled_before_the_first_batch(shards, reads):
     loader = train_loader(
         shards, batch_size=2, epoch=0, num_workers=0, crop_size=CROP, shuffle_buffer=12
     )
@@ -380,18 +386,7 @@ def test_the_shuffle_buffer_is_not_filled_before_the_first_batch(shards, monkeyp
     assert len(reads) < 12  # before: the 12-sample buffer was filled first
 
 
-def test_an_epoch_reads_only_the_samples_it_uses(shards, monkeypatch):
-    from convplat.pipeline.shardset import ShardSet
-
-    reads = []
-    original = ShardSet.read_samples
-
-    def counting(self, task, *args):
-        for sample in original(self, task, *args):
-            reads.append(sample["__key__"])
-            yield sample
-
-    monkeypatch.setattr(ShardSet, "read_samples", counting)
+def test_an_epoch_reads_only_the_samples_it_uses(shards, reads):
     loader = TrainLoader(shards, batch_size=2, num_workers=0, crop_size=CROP, shuffle_buffer=12)
     for epoch in range(2):
         reads.clear()
