@@ -111,9 +111,10 @@ def test_evaluate_center_and_ten_crop(trained):
     assert (trained / "eval-ten-crop-val.json").is_file()
 
 
-def test_evaluate_decodes_in_loader_processes_by_default(trained, monkeypatch, capsys):
+def test_evaluate_loader_processes_follow_the_device(trained, monkeypatch, capsys):
     import convplat.training.data as data
     from convplat.cli.main import main
+    from convplat.training.evaluate import eval_loader_workers
 
     asked = []
     original = data.eval_loader
@@ -124,14 +125,17 @@ def test_evaluate_decodes_in_loader_processes_by_default(trained, monkeypatch, c
 
     monkeypatch.setattr(data, "eval_loader", recording)
     monkeypatch.setattr(data, "default_num_workers", lambda: 2)  # as on a 3-CPU machine
-    default = evaluate(str(trained), batch_size=4)
-    in_process = evaluate(str(trained), batch_size=4, num_workers=0)
-    assert asked == [2, 0]  # before: 0, with no way to ask for more
-    assert default["count"] == in_process["count"] == 9
-    assert default["top1_err"] == in_process["top1_err"]
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert [eval_loader_workers(n, cuda) for n in (None, -1, 0, 3)] == [2, 2, 0, 3]
+    assert [eval_loader_workers(n, cpu) for n in (None, -1, 0, 3)] == [0, 0, 0, 3]
+    default = evaluate(str(trained), batch_size=4, device="cpu")
+    two = evaluate(str(trained), batch_size=4, num_workers=2)
+    assert asked == [0, 2]  # before: always 0, with no way to ask for more
+    assert default["count"] == two["count"] == 9
+    assert default["top1_err"] == two["top1_err"]
     assert main(["evaluate", str(trained), "--loader-workers", "1", "--batch-size", "4"]) == 0
     assert main(["evaluate", str(trained), "--loader-workers", "-2"]) == 2
-    assert asked == [2, 0, 1]
+    assert asked == [0, 2, 1]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--loader-workers: expected >= -1, got -2" in err[0]
 
