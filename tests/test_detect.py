@@ -349,6 +349,9 @@ def test_regressor_that_does_not_fit_is_a_one_line_config_error(tmp_path):
         assert "\n" not in str(error.value) and str(error.value).startswith("--regressor")
     assert load_detection_regressor(config, None) == (None, "windows")
     assert load_detection_regressor(config, "auto") == (None, "windows")  # no cls/localize
+    (localize / "config.json").write_text('{"run": ')  # damaged: was a JSONDecodeError
+    with pytest.raises(ConfigError, match="config.json: not valid JSON"):
+        load_detection_regressor(config, str(localize))
 
 
 # --------------------------------------------------------------------------- end to end
@@ -472,6 +475,8 @@ def test_detect_train_and_eval_through_the_cli(source_run, demo_shards, tmp_path
         ("detect", "train", "{missing}"),
         ("detect", "train", "{source}", "--out", "{tmp}", "--run-name", "taken"),
         ("detect", "train", "{source}", "--out", "{tmp}", "--gpus", "1"),
+        # too small for the conv layers: failed in the Ray workers after the run dir was made
+        ("detect", "train", "{source}", "--out", "{tmp}", "--scales", "50", "--batch-size", "2"),
     ],
 )
 def test_detect_user_mistakes_exit_2(args, source_run, tmp_path, capsys):

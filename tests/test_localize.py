@@ -319,6 +319,12 @@ def test_localize_train_and_eval_through_the_cli(demo_run, capsys):
         ["localize", "train", "{run}", "--loader-workers", "-2"],
         ["localize", "train", "{run}", "--scales", "a,b"],
         ["localize", "eval", "/no/such/run"],
+        ["localize", "eval", "{run}", "--scales", "0"],  # was a torch traceback
+        ["localize", "eval", "{run}", "--scales", "50"],
+        ["localize", "eval", "{run}", "--device", "bogus"],
+        ["localize", "eval", "{run}", "--device", "cuda:99"],
+        ["localize", "eval", "{run}", "--threshold", "nan"],  # was accepted
+        ["localize", "eval", "{run}", "--samples", "-1"],
         ["localize", "train", "{run}", "--batch-size", "4", "--out", "{file}", "--overwrite"],
         ["localize", "train", "{run}", "--batch-size", "4", "--out", "/proc/convplat-no/x"],
     ],
@@ -347,6 +353,17 @@ def test_localize_user_mistakes_exit_2(args, demo_run, capsys, tmp_path):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("convplat: error:") and "\n" not in err
+
+
+def test_localize_train_checks_scales_before_ray_starts(demo_run, capsys, tmp_path):
+    """A scale too small for one window failed in the Ray workers, after the folder was made
+    (a rerun then needed --overwrite)."""
+    out = tmp_path / "out"
+    args = ["--scales", "100", "--batch-size", "4", "--out", str(out)]
+    capsys.readouterr()
+    assert main(["localize", "train", str(demo_run), *args]) == 2
+    assert "--scales: 100 too small" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_localize_train_refuses_a_detection_run(demo_run, capsys, tmp_path):

@@ -27,6 +27,7 @@ from convplat.config.validate import parse_json_object
 from convplat.errors import ConfigError, ConvplatError
 from convplat.localize.multiscale import (
     build_regressor,
+    check_scales,
     frames_to_inputs,
     freeze_all,
     mirror,
@@ -72,6 +73,7 @@ def train_localizer(config: LocalizeConfig) -> str:
             f"{config.run} is a {record['task']} run, not a classification run; pass the run "
             f"it was trained from ({record.get('source_run', 'its source run')})"
         )
+    check_scales(record["model"], record["num_classes"], config.scales, config.stride)
     data = resolve(config.data or record["data"]).uri
     manifest = read_manifest(data)
     if len(manifest["classes"]) != record["num_classes"]:
