@@ -366,6 +366,19 @@ def test_localize_train_checks_scales_before_ray_starts(demo_run, capsys, tmp_pa
     assert not out.exists()
 
 
+def test_localize_train_checks_the_weights_before_ray_starts(demo_run, capsys, tmp_path):
+    """Damaged weights failed in the Ray workers, after the output folder was made."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text((demo_run / "config.json").read_text())
+    (run / "model.safetensors").write_bytes(b"\x10\x00garbage")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["localize", "train", str(run), "--batch-size", "4", "--out", str(out)]) == 2
+    assert "model.safetensors: not a safetensors file" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_localize_train_refuses_a_detection_run(demo_run, capsys, tmp_path):
     detection = tmp_path / "det"
     detection.mkdir()

@@ -67,6 +67,8 @@ def train_detector(config: DetectConfig) -> str:
     if source.get("task") == TASK:
         raise ConfigError(f"{config.run} is already a detection run; pass a classification run")
     check_scales(source["model"], source["num_classes"], config.scales, config.stride)
+    # Damaged or missing weights: one line now, not a failure in every Ray worker later.
+    load_run_model(config.run, config.weights)
     data = resolve(config.data or source["data"]).uri
     manifest = read_manifest(data)
     classes = [c["wnid"] for c in manifest["classes"]]

@@ -34,7 +34,7 @@ from convplat.localize.multiscale import (
     regression_loss,
 )
 from convplat.storage import Location, resolve
-from convplat.training.checkpoints import read_run_config, write_json, write_jsonl
+from convplat.training.checkpoints import load_run_model, read_run_config, write_json, write_jsonl
 from convplat.training.raytrain import (
     CHECKPOINTS,
     ERROR_LOG,
@@ -74,6 +74,8 @@ def train_localizer(config: LocalizeConfig) -> str:
             f"it was trained from ({record.get('source_run', 'its source run')})"
         )
     check_scales(record["model"], record["num_classes"], config.scales, config.stride)
+    # Damaged or missing weights: one line now, not a failure in every Ray worker later.
+    load_run_model(config.run, config.weights)
     data = resolve(config.data or record["data"]).uri
     manifest = read_manifest(data)
     if len(manifest["classes"]) != record["num_classes"]:
