@@ -281,11 +281,21 @@ def _read_jsonl(location: Location, name: str) -> list[dict]:
 
     if not location.exists(name):
         return []
+    uri = location.child(name).uri
+    try:
+        text = location.read_bytes(name).decode()
+    except UnicodeDecodeError as exc:
+        raise ConvplatError(
+            f"{uri}: not UTF-8 text (byte {exc.start}); the file is damaged"
+        ) from None
     rows = []
-    for n, line in enumerate(location.read_bytes(name).decode().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
-                raise ConvplatError(f"{location.child(name).uri}:{n}: not valid JSON") from None
+                raise ConvplatError(f"{uri}:{n}: not valid JSON") from None
+            if not isinstance(row, dict):
+                raise ConvplatError(f"{uri}:{n}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     return rows

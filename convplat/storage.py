@@ -62,9 +62,16 @@ class Location:
         parent = final.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         tmp = f"{parent}/.{final.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex}"
-        with self.fs.open_output_stream(tmp) as stream:
-            stream.write(data)
-        self.fs.move(tmp, final)
+        try:
+            with self.fs.open_output_stream(tmp) as stream:
+                stream.write(data)
+            self.fs.move(tmp, final)
+        except BaseException:  # a full disk: do not leave the half-written file holding space
+            try:
+                self.fs.delete_file(tmp)
+            except OSError:
+                pass
+            raise
 
     def open_atomic(self, name: str) -> AtomicFile:
         """A stream for writing ``name`` piece by piece; it appears under its name only on

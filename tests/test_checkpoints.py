@@ -39,6 +39,28 @@ def test_newest_run_without_classifier_runs_is_a_user_error(tmp_path: Path) -> N
         newest_run(str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": 5}, "model: expected a string, got 5"),  # was an AttributeError traceback
+        ({"num_classes": "x"}, "num_classes: expected an integer, got 'x'"),
+        ({"num_classes": 0}, "num_classes: expected >= 1"),
+        ({"data": ["a"]}, "data: expected a string"),
+        ({"model": None, "num_classes": None}, "lacks model, num_classes: not a training run"),
+    ],
+)
+def test_run_config_with_damaged_values_is_one_line(tmp_path: Path, changes, message) -> None:
+    from convplat.errors import ConfigError
+    from convplat.training.checkpoints import load_run_model
+
+    config = {"model": "alexnet", "num_classes": 3, "data": "shards"} | changes
+    (tmp_path / "config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if v is not None})
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_run_model(str(tmp_path))
+
+
 def test_damaged_or_foreign_weights_are_one_line():
     from torch import nn
 

@@ -349,6 +349,9 @@ def test_regressor_that_does_not_fit_is_a_one_line_config_error(tmp_path):
         assert "\n" not in str(error.value) and str(error.value).startswith("--regressor")
     assert load_detection_regressor(config, None) == (None, "windows")
     assert load_detection_regressor(config, "auto") == (None, "windows")  # no cls/localize
+    (localize / "config.json").write_text('{"run": ')  # damaged: was a JSONDecodeError
+    with pytest.raises(ConfigError, match="config.json: not valid JSON"):
+        load_detection_regressor(config, str(localize))
 
 
 # --------------------------------------------------------------------------- end to end
@@ -472,6 +475,8 @@ def test_detect_train_and_eval_through_the_cli(source_run, demo_shards, tmp_path
         ("detect", "train", "{missing}"),
         ("detect", "train", "{source}", "--out", "{tmp}", "--run-name", "taken"),
         ("detect", "train", "{source}", "--out", "{tmp}", "--gpus", "1"),
+        # too small for the conv layers: failed in the Ray workers after the run dir was made
+        ("detect", "train", "{source}", "--out", "{tmp}", "--scales", "50", "--batch-size", "2"),
     ],
 )
 def test_detect_user_mistakes_exit_2(args, source_run, tmp_path, capsys):
@@ -492,6 +497,13 @@ def test_detect_user_mistakes_exit_2(args, source_run, tmp_path, capsys):
         {"trainable": "all"},
         {"positive_iou": 0.2, "negative_iou": 0.3},
         {"batch_size": 3, "workers": 2},
+        # checked before Ray starts, as `train` does (these failed in the workers, or trained)
+        {"lr": float("inf")},
+        {"momentum": -1.0},
+        {"weight_decay": -1.0},
+        {"seed": -1},
+        {"cpus_per_worker": -1},
+        {"max_failures": -5},
     ],
 )
 def test_detect_config_rejects_bad_values(changes):
@@ -499,3 +511,21 @@ def test_detect_config_rejects_bad_values(changes):
 
     with pytest.raises(ConfigError):
         DetectConfig(run="r", **changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lr": float("inf")}, "--lr: expected a finite value > 0"),
+        ({"seed": -1}, "--seed: expected >= 0"),
+        ({"limit_train_batches": -1}, "--limit-train-batches: expected >= 0"),
+        ({"limit_val_batches": -1}, "--limit-val-batches: expected >= 0"),
+        ({"hidden": (32,)}, "--hidden: expected two widths"),
+    ],
+)
+def test_localize_config_rejects_bad_values(changes, message):
+    from convplat.config.localize import LocalizeConfig
+    from convplat.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        LocalizeConfig(run="r", **changes)

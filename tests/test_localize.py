@@ -319,11 +319,21 @@ def test_localize_train_and_eval_through_the_cli(demo_run, capsys):
         ["localize", "train", "{run}", "--loader-workers", "-2"],
         ["localize", "train", "{run}", "--scales", "a,b"],
         ["localize", "eval", "/no/such/run"],
+        ["localize", "eval", "{run}", "--scales", "0"],  # was a torch traceback
+        ["localize", "eval", "{run}", "--scales", "50"],
+        ["localize", "eval", "{run}", "--device", "bogus"],
+        ["localize", "eval", "{run}", "--device", "cuda:99"],
+        ["localize", "eval", "{run}", "--threshold", "nan"],  # was accepted
+        ["localize", "eval", "{run}", "--samples", "-1"],
+        ["localize", "train", "{run}", "--batch-size", "4", "--out", "{file}", "--overwrite"],
+        ["localize", "train", "{run}", "--batch-size", "4", "--out", "/proc/convplat-no/x"],
     ],
 )
 def test_localize_user_mistakes_exit_2(args, demo_run, capsys, tmp_path):
     out = tmp_path / "fresh"
+    (tmp_path / "a-file").write_text("the user's")
     args = [a.replace("{run}", str(demo_run)) for a in args]
+    args = [a.replace("{file}", str(tmp_path / "a-file")) for a in args]
     if args[1] == "eval" and "/no/such" not in args[2]:
         # needs a trained regressor: reuse the shape of one, untrained, without Ray
         from convplat.localize.multiscale import build_regressor
@@ -343,6 +353,43 @@ def test_localize_user_mistakes_exit_2(args, demo_run, capsys, tmp_path):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("convplat: error:") and "\n" not in err
+
+
+def test_localize_train_checks_scales_before_ray_starts(demo_run, capsys, tmp_path):
+    """A scale too small for one window failed in the Ray workers, after the folder was made
+    (a rerun then needed --overwrite)."""
+    out = tmp_path / "out"
+    args = ["--scales", "100", "--batch-size", "4", "--out", str(out)]
+    capsys.readouterr()
+    assert main(["localize", "train", str(demo_run), *args]) == 2
+    assert "--scales: 100 too small" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_localize_train_checks_the_weights_before_ray_starts(demo_run, capsys, tmp_path):
+    """Damaged weights failed in the Ray workers, after the output folder was made."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text((demo_run / "config.json").read_text())
+    (run / "model.safetensors").write_bytes(b"\x10\x00garbage")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["localize", "train", str(run), "--batch-size", "4", "--out", str(out)]) == 2
+    assert "model.safetensors: not a safetensors file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_localize_train_refuses_a_detection_run(demo_run, capsys, tmp_path):
+    detection = tmp_path / "det"
+    detection.mkdir()
+    config = json.loads((demo_run / "config.json").read_text())
+    config |= {"task": "detect", "num_classes": 4, "source_run": str(demo_run)}
+    (detection / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["localize", "train", str(detection)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a detect run, not a classification run" in err and str(demo_run) in err
+    assert sorted(p.name for p in detection.iterdir()) == ["config.json"]
 
 
 def test_per_class_regression_trains_only_the_label_boxes(demo_run):

@@ -77,6 +77,21 @@ def test_overwrite_clears_only_what_localize_train_wrote(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def test_overwrite_refuses_a_folder_holding_a_run(tmp_path: Path) -> None:
+    """`localize train --out RUN --overwrite` deleted a classification run's config.json,
+    metrics.jsonl and checkpoints/ (names it shares with a localization folder)."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({"model": "alexnet", "num_classes": 3}))
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ConvplatError, match="did not write"):
+        clear_outputs(resolve(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoints",
+        "config.json",
+        "metrics.jsonl",
+    ]
+
+
 def write_run(run: Path, **changes) -> Path:
     run.mkdir()
     record = dataclasses.asdict(TrainConfig(**changes))

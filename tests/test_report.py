@@ -116,6 +116,22 @@ def test_a_damaged_metrics_file_is_one_line(run, tmp_path):
         write_report(str(bad))
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xf3\x00garbage", "metrics.jsonl: not UTF-8 text"),  # was a UnicodeDecodeError
+        (b'{"epoch": 1}\n[1, 2]\n', "metrics.jsonl:2: expected a JSON object"),
+    ],
+)
+def test_metrics_that_are_not_json_lines_are_one_line(tmp_path, content, message):
+    from convplat.errors import ConvplatError
+
+    (tmp_path / "metrics.jsonl").write_bytes(content)
+    with pytest.raises(ConvplatError, match=message):
+        write_report(str(tmp_path))
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_report_command(run):
     from convplat.cli.main import main
 

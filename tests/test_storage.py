@@ -51,3 +51,34 @@ def test_create_exclusive_and_delete(tmp_path):
     assert loc.create_exclusive("lock", b"1") and not loc.create_exclusive("lock", b"2")
     assert loc.read_bytes("lock") == b"1" and loc.names() == ["lock"]
     assert loc.delete("lock") and not loc.delete("lock") and loc.names() == []
+
+
+def test_write_bytes_on_a_full_disk_leaves_no_temporary(tmp_path):
+    """A write that fails half-way (ENOSPC) removes its temporary file: on a full disk it
+    would otherwise keep holding the space the rerun needs."""
+    import errno
+
+    import pytest
+
+    class FullStream:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.stream.close()
+
+        def write(self, data):
+            self.stream.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    class FullDisk(pafs.LocalFileSystem):
+        def open_output_stream(self, path, *args, **kwargs):
+            return FullStream(super().open_output_stream(path, *args, **kwargs))
+
+    location = Location(FullDisk(), str(tmp_path), str(tmp_path))
+    with pytest.raises(OSError, match="No space left"):
+        location.write_bytes("shard.tar", b"x" * 100)
+    assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from convplat.config.shared import OPTIMIZERS, WEIGHTS_CHOICES, WorkerScale
-from convplat.config.validate import check, check_fields, check_loader_workers, choice
+from convplat.config.validate import check, check_fields, choice
 
 STRIDES = ("fine", "coarse")  # OverFeat §3.3: offset max-pooling (fine) or not (coarse)
 PAPER_SCALES: tuple[int, ...] = (245, 281, 317, 389, 425, 461)  # O Table 5: 6 scales
@@ -31,7 +31,7 @@ class LocalizeConfig(WorkerScale):
     per_class: bool = False  # the paper's PCR; the winning entry used SCR (single-class)
     scales: tuple[int, ...] = PAPER_SCALES
     stride: str = "fine"
-    hidden: tuple[int, int] = HIDDEN
+    hidden: tuple[int, ...] = HIDDEN  # two widths (checked below)
     min_inside: float = 0.5
     flip: bool = True
     epochs: int = 3
@@ -66,11 +66,9 @@ class LocalizeConfig(WorkerScale):
         )
         check(0 < self.min_inside <= 1, f"min_inside: expected 0..1, got {self.min_inside}")
         check(self.epochs >= 1, f"--epochs: expected >= 1, got {self.epochs}")
-        check(self.lr > 0, f"--lr: expected > 0, got {self.lr}")
         choice("--optimizer", self.optimizer, OPTIMIZERS)
         choice("--weights", self.weights, WEIGHTS_CHOICES)
-        check_loader_workers(self.loader_workers)
-        self.check_scale()
+        self.check_run_settings()
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,6 @@ class DetectConfig(WorkerScale):
             f"--scales: expected sides > 0, got {self.scales}",
         )
         check(self.epochs >= 1, f"--epochs: expected >= 1, got {self.epochs}")
-        check(self.lr > 0, f"--lr: expected > 0, got {self.lr}")
         check(
             0 <= self.negative_iou <= self.positive_iou <= 1,
             "expected 0 <= --negative-iou <= --positive-iou <= 1, "
@@ -135,6 +132,4 @@ class DetectConfig(WorkerScale):
             min(self.random_negatives, self.hard_negatives) >= 0,
             "--random-negatives and --hard-negatives: expected >= 0",
         )
-        check_loader_workers(self.loader_workers)
-        self.check_scale()
-        check(self.limit_train_batches >= 0, "--limit-train-batches: expected >= 0")
+        self.check_run_settings()

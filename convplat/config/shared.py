@@ -4,7 +4,9 @@ global batch over its workers."""
 
 from __future__ import annotations
 
-from convplat.config.validate import check
+import math
+
+from convplat.config.validate import check, check_loader_workers
 
 OPTIMIZERS = ("sgd", "adam")
 WEIGHTS_CHOICES = ("final", "best", "latest")  # which of a run's weights to load
@@ -21,6 +23,14 @@ class WorkerScale:
     gpus: int
     workers: int
     batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    seed: int
+    max_failures: int
+    cpus_per_worker: int
+    loader_workers: int
+    limit_train_batches: int
 
     @property
     def world_size(self) -> int:
@@ -31,6 +41,34 @@ class WorkerScale:
     def per_worker_batch(self) -> int:
         """Each worker's share of the global batch (the batch is a multiple of the workers)."""
         return self.batch_size // self.world_size
+
+    def check_run_settings(self) -> None:
+        """The settings every Ray Train config shares, checked before Ray starts (a bad one
+        would otherwise fail in the workers, or train to nan losses, after the output folder
+        is made): the optimizer's numbers, the seed, restarts, CPUs, loaders, batch limits."""
+        # inf passes a plain "> 0" and trains to nan losses before anything fails.
+        check(0 < self.lr < math.inf, f"--lr: expected a finite value > 0, got {self.lr}")
+        check(0 <= self.momentum < 1, f"--momentum: expected 0..1, got {self.momentum}")
+        check(
+            0 <= self.weight_decay < math.inf,
+            f"--weight-decay: expected a finite value >= 0, got {self.weight_decay}",
+        )
+        check(self.seed >= 0, f"--seed: expected >= 0, got {self.seed}")
+        check(
+            self.max_failures >= -1,
+            f"--max-failures: expected >= 0, or -1 for no limit, got {self.max_failures}",
+        )
+        check(
+            self.cpus_per_worker >= 0,
+            f"--cpus-per-worker: expected >= 0, got {self.cpus_per_worker}",
+        )
+        for flag, value in (
+            ("--limit-train-batches", self.limit_train_batches),
+            ("--limit-val-batches", getattr(self, "limit_val_batches", 0)),
+        ):
+            check(value >= 0, f"{flag}: expected >= 0 (0: all), got {value}")
+        check_loader_workers(self.loader_workers)
+        self.check_scale()
 
     def check_scale(self) -> None:
         """``--gpus``, ``--workers`` and ``--batch-size`` fit together."""

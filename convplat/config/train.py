@@ -5,7 +5,6 @@ or a packaged recipe's name such as ``demo``) < flags; or, for ``--resume``, the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from convplat.config.shared import FLAG_ONLY, OPTIMIZERS, WorkerScale
 from convplat.config.validate import (
     check,
     check_fields,
-    check_loader_workers,
     choice,
     load_toml,
     merge,
@@ -91,31 +89,9 @@ class TrainConfig(WorkerScale):
         check_fields(self)
         choice("init", self.init, INITS)
         check(self.epochs >= 1, f"--epochs: expected >= 1, got {self.epochs}")
-        # inf passes a plain "> 0" and trains to nan losses before anything fails.
-        check(0 < self.lr < math.inf, f"--lr: expected a finite value > 0, got {self.lr}")
-        check(0 <= self.momentum < 1, f"--momentum: expected 0..1, got {self.momentum}")
-        check(
-            0 <= self.weight_decay < math.inf,
-            f"--weight-decay: expected a finite value >= 0, got {self.weight_decay}",
-        )
-        check(self.seed >= 0, f"--seed: expected >= 0, got {self.seed}")
-        check(
-            self.max_failures >= -1,
-            f"--max-failures: expected >= 0, or -1 for no limit, got {self.max_failures}",
-        )
-        check(
-            self.cpus_per_worker >= 0,
-            f"--cpus-per-worker: expected >= 0, got {self.cpus_per_worker}",
-        )
-        for flag, value in (
-            ("--limit-train-batches", self.limit_train_batches),
-            ("--limit-val-batches", self.limit_val_batches),
-        ):
-            check(value >= 0, f"{flag}: expected >= 0 (0: all), got {value}")
         choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("schedule", self.schedule, SCHEDULES)
-        check_loader_workers(self.loader_workers)
-        self.check_scale()
+        self.check_run_settings()
         check(
             self.keep_checkpoints >= 1,
             f"keep_checkpoints: expected >= 1, got {self.keep_checkpoints}",

@@ -41,6 +41,24 @@ def check_device(device: str | None) -> None:
     )
 
 
+def pick_device(device: str | None):
+    """``--device`` checked (:func:`check_device`) and made a ``torch.device``: None picks
+    cuda where there is one, else cpu; a cuda or mps this machine lacks is one line (torch's
+    own error, raised when the model moves there, names no option)."""
+    import torch
+
+    check_device(device)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    target = torch.device(device)
+    if target.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        check((target.index or 0) < count, f"--device {device}: this machine has {count} GPUs")
+    if target.type == "mps":
+        check(torch.backends.mps.is_available(), f"--device {device}: no MPS on this machine")
+    return target
+
+
 def choice(flag: str, value: object, choices: Sequence[str]) -> None:
     """``value`` must be one of ``choices``: ``--flag: expected one of a, b, got 'c'``."""
     check(value in choices, f"{flag}: expected one of {', '.join(choices)}, got {value!r}")

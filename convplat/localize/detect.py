@@ -31,6 +31,7 @@ from convplat.localize.detection_data import (
     training_windows,
     whole_image_input,
 )
+from convplat.localize.multiscale import check_scales
 from convplat.storage import resolve
 from convplat.training.checkpoints import (
     FINAL_WEIGHTS,
@@ -65,6 +66,9 @@ def train_detector(config: DetectConfig) -> str:
     source = read_run_config(config.run)
     if source.get("task") == TASK:
         raise ConfigError(f"{config.run} is already a detection run; pass a classification run")
+    check_scales(source["model"], source["num_classes"], config.scales, config.stride)
+    # Damaged or missing weights: one line now, not a failure in every Ray worker later.
+    load_run_model(config.run, config.weights)
     data = resolve(config.data or source["data"]).uri
     manifest = read_manifest(data)
     classes = [c["wnid"] for c in manifest["classes"]]

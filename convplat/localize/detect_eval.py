@@ -10,7 +10,6 @@ precision at IoU >= 0.5 (:class:`convplat.metrics.DetectionAP`).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import replace
@@ -18,6 +17,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from convplat.config.validate import parse_json_object
 from convplat.errors import ConfigError, ConvplatError, DatasetError
 from convplat.localize.boxes import greedy_merge
 from convplat.localize.detect import TASK
@@ -28,7 +28,12 @@ from convplat.localize.detection_data import (
     whole_image_input,
 )
 from convplat.localize.localize import WEIGHTS, output_dir
-from convplat.localize.multiscale import build_regressor, regress_pooled
+from convplat.localize.multiscale import (
+    build_regressor,
+    check_scales,
+    regress_pooled,
+    too_small_scales,
+)
 from convplat.localize.plots import detections_png
 from convplat.localize.regressor import to_image_boxes
 from convplat.metrics import IOU_THRESHOLD, DetectionAP
@@ -147,7 +152,9 @@ def load_detection_regressor(config: dict, choice: str | None) -> tuple[nn.Modul
             f"--regressor {choice}: no trained regressor ({WEIGHTS} and config.json) in "
             f"{directory.uri}; train one with `convplat localize train {config['run']}`"
         )
-    record = json.loads(directory.read_bytes("config.json"))
+    record = parse_json_object(
+        directory.read_bytes("config.json"), directory.child("config.json").uri
+    )
     source = (resolve(config["run"]).uri, config.get("weights", "final"))
     trained_run = resolve(record["run"]).uri if record.get("run") else "?"
     trained_on = (trained_run, record.get("weights", "final"))
@@ -228,6 +235,16 @@ def evaluate_detector(
         raise ConfigError(f"--stride: expected one of {', '.join(STRIDES)}, got {stride!r}")
     if not scales or min(scales) <= 0:
         raise ConfigError(f"--scales: expected sides > 0, got {scales}")
+    # A scale too small for one window is skipped (detect_image); one too small for the conv
+    # layers would fail inside torch, so drop them all here, and refuse when none is left.
+    small = too_small_scales(config["model"], config["num_classes"], scales, stride)
+    if len(small) == len(scales):
+        check_scales(config["model"], config["num_classes"], scales, stride)
+    scales = tuple(s for s in scales if s not in small)
+    if not 0 <= merge_threshold < math.inf:  # nan: no box would ever merge
+        raise ConfigError(f"--merge-threshold: expected a finite value >= 0, got {merge_threshold}")
+    if pictures < 0:
+        raise ConfigError(f"--pictures: expected >= 0, got {pictures}")
     if loader_workers < -1:
         raise ConfigError(f"--loader-workers: expected >= -1, got {loader_workers}")
     if limit < 0:

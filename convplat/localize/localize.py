@@ -19,19 +19,22 @@ import dataclasses
 import time
 from itertools import islice
 
+import pyarrow.fs as pafs
 import torch
 
 from convplat.config.localize import LocalizeConfig
+from convplat.config.validate import parse_json_object
 from convplat.errors import ConfigError, ConvplatError
 from convplat.localize.multiscale import (
     build_regressor,
+    check_scales,
     frames_to_inputs,
     freeze_all,
     mirror,
     regression_loss,
 )
 from convplat.storage import Location, resolve
-from convplat.training.checkpoints import read_run_config, write_json, write_jsonl
+from convplat.training.checkpoints import load_run_model, read_run_config, write_json, write_jsonl
 from convplat.training.raytrain import (
     CHECKPOINTS,
     ERROR_LOG,
@@ -65,6 +68,14 @@ def train_localizer(config: LocalizeConfig) -> str:
     from convplat.pipeline.shardset import read_manifest
 
     record = read_run_config(config.run)
+    if record.get("task", "classify") != "classify":
+        raise ConfigError(
+            f"{config.run} is a {record['task']} run, not a classification run; pass the run "
+            f"it was trained from ({record.get('source_run', 'its source run')})"
+        )
+    check_scales(record["model"], record["num_classes"], config.scales, config.stride)
+    # Damaged or missing weights: one line now, not a failure in every Ray worker later.
+    load_run_model(config.run, config.weights)
     data = resolve(config.data or record["data"]).uri
     manifest = read_manifest(data)
     if len(manifest["classes"]) != record["num_classes"]:
@@ -79,6 +90,8 @@ def train_localizer(config: LocalizeConfig) -> str:
             f"{config.batch_size}; lower --batch-size or use shards with boxes"
         )
     out = resolve(output_dir(config.run, config.out))
+    if out.fs.get_file_info(out.path).type == pafs.FileType.File:
+        raise ConvplatError(f"--out {out.uri}: a file, not a directory")
     taken = f"{out.uri} exists; pass --overwrite to replace its regressor or --out DIR for another"
     if out.is_dir() and not config.overwrite:
         raise ConvplatError(taken)
@@ -112,7 +125,19 @@ def train_localizer(config: LocalizeConfig) -> str:
 
 
 def clear_outputs(out: Location) -> None:
-    """Remove what an earlier `localize train` wrote in ``out`` (its own names only)."""
+    """Remove what an earlier `localize train` wrote in ``out`` (its own names only).
+
+    A folder whose config.json is not a localization record (a classification run given as
+    ``--out``) is refused: its config.json, metrics and checkpoints are not ours to delete.
+    """
+    if out.exists("config.json"):
+        name = out.child("config.json").uri
+        record = parse_json_object(out.read_bytes("config.json"), name)
+        if not {"per_class", "hidden", "min_inside"} <= record.keys():
+            raise ConvplatError(
+                f"{out.uri} holds a config.json that `convplat localize train` did not write "
+                "(a run?); --overwrite replaces only a regressor: choose another --out"
+            )
     out.fs.create_dir(out.path, recursive=True)
     if out.is_dir(CHECKPOINTS):  # else Ray Train would resume the old regressor
         out.fs.delete_dir(out.join(CHECKPOINTS))

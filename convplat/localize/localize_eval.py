@@ -6,7 +6,7 @@ per scale, greedily merged boxes, and top-1/top-5 error at IoU >= 0.5.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,10 +14,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from convplat.config.validate import parse_json_object, pick_device
 from convplat.errors import ConfigError, ConvplatError
 from convplat.localize.boxes import box_iou, greedy_merge
 from convplat.localize.localize import WEIGHTS, output_dir
-from convplat.localize.multiscale import build_regressor, frames_to_inputs, freeze_all, run_scale
+from convplat.localize.multiscale import (
+    build_regressor,
+    check_scales,
+    frames_to_inputs,
+    freeze_all,
+    run_scale,
+)
 from convplat.localize.regressor import BoxRegressor, to_image_boxes
 from convplat.storage import resolve
 from convplat.training.checkpoints import load_weights, write_json
@@ -128,8 +135,10 @@ def evaluate_localizer(
 
     if top_k < 1:
         raise ConfigError(f"--top-k: expected >= 1, got {top_k}")
-    if threshold < 0:
-        raise ConfigError(f"--threshold: expected >= 0, got {threshold}")
+    if not 0 <= threshold < math.inf:  # nan: no box would ever merge
+        raise ConfigError(f"--threshold: expected a finite value >= 0, got {threshold}")
+    if samples < 0:
+        raise ConfigError(f"--samples: expected >= 0, got {samples}")
     if loader_workers < -1:
         raise ConfigError(f"--loader-workers: expected >= -1, got {loader_workers}")
     if limit < 0:
@@ -139,13 +148,18 @@ def evaluate_localizer(
         raise ConvplatError(
             f"no trained regressor in {location.uri}: run `convplat localize train {run}` first"
         )
-    record = json.loads(location.read_bytes("config.json"))
+    record = parse_json_object(
+        location.read_bytes("config.json"), location.child("config.json").uri
+    )
     scales = tuple(scales or record["scales"])
     stride = stride or record["stride"]
     if stride not in STRIDES:
         raise ConfigError(f"--stride: expected fine or coarse, got {stride!r}")
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if min(scales) < 1:
+        raise ConfigError(f"--scales: expected sides > 0, got {scales}")
+    target = pick_device(device)
     model, run_config = load_run_model(run, record["weights"])
+    check_scales(run_config["model"], run_config["num_classes"], scales, stride)
     model = freeze_all(model).to(target)
     regressor = build_regressor(model, record)
     load_weights(regressor, location.read_bytes(WEIGHTS), location.child(WEIGHTS).uri)

@@ -22,6 +22,40 @@ def last_conv_channels(model: nn.Module) -> int:
     return convs[-1].out_channels
 
 
+def too_small_scales(
+    model_name: str, num_classes: int, scales: Sequence[int], stride: str
+) -> list[int]:
+    """The ``scales`` (shorter sides) at which a square frame gives pooled maps smaller than
+    the classifier's window at some offset, so no box can come from them. Found on the meta
+    device (shapes only: no weights, no compute) before Ray starts or any data is read; a
+    scale too small for the conv layers themselves would otherwise fail deep inside torch."""
+    from convplat.training.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(model_name, num_classes=num_classes)
+    small = []
+    for scale in scales:
+        images = torch.zeros((1, 3, scale, scale), device="meta")
+        try:
+            pooled = offset_pool(model, model.forward_features(images, pool=False), stride)
+            fits = min(pooled.shape[-2:]) >= model.feature_size
+        except RuntimeError:  # "Output size is too small" in a conv or pooling layer
+            fits = False
+        if not fits:
+            small.append(scale)
+    return small
+
+
+def check_scales(model_name: str, num_classes: int, scales: Sequence[int], stride: str) -> None:
+    """ConfigError when any of ``scales`` gives no window (see :func:`too_small_scales`)."""
+    small = too_small_scales(model_name, num_classes, scales, stride)
+    if small:
+        raise ConfigError(
+            f"--scales: {', '.join(map(str, small))} too small for one {stride}-stride window "
+            f"of {model_name}; use larger --scales"
+        )
+
+
 def freeze_all(model: nn.Module) -> nn.Module:
     """Every parameter fixed and eval mode: O §4 "fix the feature extraction layers (1-5)";
     the classifier is not trained either (unlike transfer's ``freeze``, which cuts the net)."""

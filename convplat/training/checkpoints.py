@@ -129,9 +129,22 @@ def read_run_config(run_dir: str) -> dict:
             f"{run_dir} is not a convplat run: no config.json "
             "(expected runs/<model>-<stamp>/ made by `convplat train`)"
         )
-    from convplat.config.validate import parse_json_object
+    from convplat.config.validate import describe, parse_json_object
 
-    return parse_json_object(location.read_bytes("config.json"), location.child("config.json").uri)
+    name = location.child("config.json").uri
+    config = parse_json_object(location.read_bytes("config.json"), name)
+    # What every reader of a run rebuilds its model from: a damaged value is one line here,
+    # not a traceback from the model registry or the shard reader.
+    missing = [key for key in ("model", "num_classes") if key not in config]
+    if missing:
+        raise ConfigError(f"{name} lacks {', '.join(missing)}: not a training run")
+    for key, kind in (("model", str), ("num_classes", int), ("data", str)):
+        value = config.get(key, "")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{name}: {key}: expected {describe(kind)}, got {value!r}")
+    if config["num_classes"] < 1:
+        raise ConfigError(f"{name}: num_classes: expected >= 1, got {config['num_classes']}")
+    return config
 
 
 def latest_checkpoint(run_dir: str) -> str | None:

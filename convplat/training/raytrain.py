@@ -133,12 +133,7 @@ def new_run_dir(
     parent = resolve(parent) if isinstance(parent, str) else parent
     for attempt in range(1, 1000):
         candidate = parent.child(name if attempt == 1 else f"{name}-{attempt}")
-        try:
-            claimed = claim_dir(candidate)
-        except OSError as exc:  # --out is a file, read-only, the name too long ...
-            reason = exc.strerror or str(exc)
-            raise ConvplatError(f"cannot create {candidate.uri}: {reason}") from None
-        if claimed:
+        if claim_dir(candidate):
             return candidate
         if given:
             raise ConvplatError(f"{candidate.uri} exists; {hint.format(dir=candidate.uri)}")
@@ -155,7 +150,17 @@ def claim_dir(location: Location) -> bool:
 
     Atomic on a local filesystem (``os.mkdir``), so of two runs racing for one name exactly
     one wins; object stores have no exclusive create, so there it is a check, then a create.
+    A directory that cannot be made (a parent is a file, read-only, the name too long ...) is
+    one ConvplatError line.
     """
+    try:
+        return _claim_dir(location)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConvplatError(f"cannot create {location.uri}: {reason}") from None
+
+
+def _claim_dir(location: Location) -> bool:
     if isinstance(location.fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(location.path.rstrip("/")), exist_ok=True)
         try:
