@@ -20,6 +20,7 @@ import numpy as np
 from convplat.storage import Location, resolve
 
 REPORT = "report.html"
+_TITLE = "convplat report"  # every page's <title> starts so: how a rerun knows its own
 _EVAL_ORDER = ("center", "ten-crop", "dense")
 _SKIP_DIRS = ("checkpoints", "tensorboard")
 
@@ -45,10 +46,25 @@ def write_report(run: str, *, confusion: bool = True, max_batches: int | None = 
         sections.extend(model_sections)
     sections.extend(_study_sections(location))
     sections.append(_config_section(config))  # long: last, folded
-    title = f"convplat report — {config.get('run_name') or location.uri.rstrip('/').split('/')[-1]}"
+    title = f"{_TITLE} — {config.get('run_name') or location.uri.rstrip('/').split('/')[-1]}"
     page = _page(title, sections)
+    _check_ours(location)
     location.write_bytes(REPORT, page.encode())
     return location.child(REPORT).uri
+
+
+def _check_ours(location: Location) -> None:
+    """A ``report.html`` already there is replaced only when a report wrote it: ``report``
+    takes any directory, and a page of the user's own must not be lost."""
+    from convplat.errors import ConvplatError
+
+    if location.exists(REPORT):
+        head = location.read_bytes(REPORT)[:512]
+        if f"<title>{_TITLE}".encode() not in head:
+            raise ConvplatError(
+                f"{location.child(REPORT).uri} exists and `convplat report` did not write it; "
+                "move it away first"
+            )
 
 
 # --------------------------------------------------------------------------- sections

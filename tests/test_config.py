@@ -149,6 +149,10 @@ def test_resume_keeps_the_recorded_settings(tmp_path):
     assert (config.model, config.epochs, config.milestones, config.lr) == ("zfnet", 5, (1,), 0.02)
     with pytest.raises(ConfigError, match="--lr cannot change a run that exists"):
         resume_train_config(str(run), {"epochs": 5, "lr": 9.0})  # never silently ignored
+    del saved["model"]
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="lacks model: not a training run"):
+        resume_train_config(str(run), {"epochs": 5})  # before: resumed as alexnet, the default
 
 
 def test_the_joined_cluster_is_announced(capsys, monkeypatch):

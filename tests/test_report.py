@@ -140,3 +140,16 @@ def test_report_command(run):
     page = (run / "report.html").read_text()
     assert "First-layer filters" in page and "Confusion matrix" not in page
     assert main(["report", str(run / "missing")]) == 2
+
+
+def test_a_report_html_of_the_users_own_is_never_replaced(tmp_path, capsys):
+    from convplat.cli.main import main
+
+    (tmp_path / "report.html").write_text("<html><title>my notes</title></html>")
+    assert main(["report", str(tmp_path)]) == 2  # before: replaced by convplat's page
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "`convplat report` did not write it" in err[0]
+    assert (tmp_path / "report.html").read_text() == "<html><title>my notes</title></html>"
+    (tmp_path / "report.html").unlink()
+    assert main(["report", str(tmp_path)]) == 0  # its own page it replaces on a rerun
+    assert main(["report", str(tmp_path)]) == 0

@@ -175,6 +175,8 @@ def resume_train_config(run_dir: str, flags: dict | None = None) -> TrainConfig:
         )
     name = location.child("config.json").uri
     saved = parse_json_object(location.read_bytes("config.json"), name)
+    if "model" not in saved:  # else the run would silently go on as the default model
+        raise ConfigError(f"{name} lacks model: not a training run")
     known = {f.name for f in fields(TrainConfig)}
     changed = sorted(
         k
