@@ -100,3 +100,23 @@ def test_build_model_takes_every_value_from_the_weights(monkeypatch):
         assert torch.equal(built(x), load_weights(build_network("zfnet", 7), data).eval()(x))
     with pytest.raises(ConvplatError, match="weights do not fit"):
         build_model("alexnet", 7, data)
+
+
+def test_latest_checkpoint_falls_back_to_the_newest_complete_epoch(tmp_path: Path) -> None:
+    from convplat.training.checkpoints import latest_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    for epoch in (1, 2, 3):
+        folder = checkpoints / f"epoch-{epoch:03d}"
+        folder.mkdir(parents=True)
+        (folder / FINAL_WEIGHTS).write_bytes(b"weights")
+        (folder / "meta.json").write_text("{}")
+    (checkpoints / "epoch-003" / "meta.json").unlink()  # a copy cut short: not complete
+    (checkpoints / "latest").write_text("epoch-002\n")
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoints/epoch-002")
+    (checkpoints / "epoch-002" / FINAL_WEIGHTS).unlink()  # latest names an emptied folder
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoints/epoch-001")  # before: None
+    (checkpoints / "latest").write_bytes(b"\xff\x00../../x")  # a damaged marker
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoints/epoch-001")
+    (checkpoints / "epoch-001" / "meta.json").unlink()
+    assert latest_checkpoint(str(tmp_path)) is None

@@ -148,11 +148,26 @@ def read_run_config(run_dir: str) -> dict:
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
-    """Path of the newest complete epoch checkpoint of a run, or None."""
+    """Path of the newest complete epoch checkpoint of a run, or None.
+
+    ``checkpoints/latest`` names it; should that file be missing, damaged or point at an
+    epoch folder that is no longer complete, the newest ``epoch-NNN`` folder holding both
+    its weights and ``meta.json`` (written last) is the answer instead.
+    """
     location = resolve(run_dir)
+
+    def complete(name: str) -> bool:
+        return location.exists(f"{CHECKPOINTS}/{name}/meta.json") and location.exists(
+            f"{CHECKPOINTS}/{name}/{FINAL_WEIGHTS}"
+        )
+
     if location.exists(f"{CHECKPOINTS}/{LATEST}"):
-        name = location.read_bytes(f"{CHECKPOINTS}/{LATEST}").decode().strip()
-        if location.exists(f"{CHECKPOINTS}/{name}/meta.json"):
+        name = location.read_bytes(f"{CHECKPOINTS}/{LATEST}").decode(errors="replace").strip()
+        if name and "/" not in name and complete(name):
+            return location.join(CHECKPOINTS, name)
+    epochs = [n for n in location.names(CHECKPOINTS) if n.startswith("epoch-")]
+    for name in sorted(epochs, reverse=True):
+        if complete(name):
             return location.join(CHECKPOINTS, name)
     return None
 
