@@ -109,8 +109,8 @@ def evaluate(
 def eval_loader_workers(requested: int | None, device: torch.device) -> int:
     """Decoding processes for evaluation: ``requested`` when given (>= 0); by default (None,
     -1) one fewer than the CPUs on a GPU, whose forward pass leaves the CPUs to decoding, and
-    none on the CPU, where the model's forward pass already uses every core (ten-crop on
-    the demo run, 2 CPUs: 32-48 s decoding in-process, 50-75 s with one loader process)."""
+    none on the CPU, where the forward pass dominates and already uses every core (the demo
+    run on 2 CPUs: the same times with and without a loader process, benchmarks/RESULTS.md)."""
     from convplat.training.data import default_num_workers
 
     if requested is not None and requested >= 0:
